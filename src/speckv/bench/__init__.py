@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: methods interleaved per prompt so machine noise hits all alike."""

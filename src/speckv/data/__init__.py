@@ -1,0 +1,1 @@
+"""Prompt sets: Spec-Bench from ../shared and user JSONL files."""

@@ -1,0 +1,75 @@
+"""Read prompts from JSONL files (ours or Spec-Bench's `turns` format) and find Spec-Bench."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from speckv.errors import SpeckvError
+
+SPEC_BENCH_REL = Path("shared/data/spec_bench/question.jsonl")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    category: str = ""
+
+
+def read_jsonl(path: str | Path) -> list[Prompt]:
+    """Each line: {"prompt": ...} or Spec-Bench's {"turns": [...]} (first turn). Errors name file:line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpeckvError(f"cannot read prompts file {path}: {exc}") from None
+    prompts = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpeckvError(f"{path}:{n}: malformed JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise SpeckvError(f"{path}:{n}: expected a JSON object")
+        text = row.get("prompt")
+        if text is None and isinstance(row.get("turns"), list) and row["turns"]:
+            text = row["turns"][0]
+        if not isinstance(text, str) or not text.strip():
+            raise SpeckvError(f"{path}:{n}: needs a non-empty 'prompt' string or a 'turns' list")
+        pid = str(row.get("question_id", row.get("id", n)))
+        prompts.append(Prompt(pid, text, str(row.get("category", ""))))
+    if not prompts:
+        raise SpeckvError(f"{path}: no prompts")
+    return prompts
+
+
+def spec_bench_path() -> Path:
+    """$SPECKV_SPEC_BENCH, else shared/data/spec_bench beside the checkout or the working directory."""
+    if env := os.environ.get("SPECKV_SPEC_BENCH"):
+        return Path(env)
+    for base in (Path.cwd(), Path(__file__).resolve()):
+        for parent in (base, *base.parents):
+            for candidate in (parent / SPEC_BENCH_REL, parent.parent / SPEC_BENCH_REL):
+                if candidate.is_file():
+                    return candidate
+    raise SpeckvError("Spec-Bench questions not found; set SPECKV_SPEC_BENCH to question.jsonl")
+
+
+def spec_bench(categories: list[str] | None = None, per_category: int | None = None) -> list[Prompt]:
+    """Spec-Bench prompts in file order, optionally filtered and capped per category."""
+    prompts = read_jsonl(spec_bench_path())
+    counts: dict[str, int] = {}
+    out = []
+    for p in prompts:
+        if categories and p.category not in categories:
+            continue
+        if per_category is not None and counts.get(p.category, 0) >= per_category:
+            continue
+        counts[p.category] = counts.get(p.category, 0) + 1
+        out.append(p)
+    return out

@@ -1,0 +1,96 @@
+"""Chain drafting: the draft model proposes tokens one at a time with its own KV cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from speckv.control.base import Controller
+from speckv.engine.kv import crop_to
+from speckv.engine.sampling import SamplingConfig
+from speckv.measure.records import TokenSignals
+
+
+@dataclass
+class Draft:
+    tokens: list[int] = field(default_factory=list)
+    probs: list[torch.Tensor] = field(default_factory=list)  # sampling only: q rows
+    signals: list[TokenSignals] = field(default_factory=list)
+    draft_ms: float = 0.0
+    control_ms: float = 0.0
+
+
+def token_signals(logits: torch.Tensor) -> TokenSignals:
+    """Entropy, top-1 probability and top-1 - top-2 margin of one row of logits."""
+    logp = torch.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    entropy = -(p * logp).sum()
+    top = p.topk(2).values
+    stats = torch.stack([entropy, top[0], top[0] - top[1]]).tolist()
+    return TokenSignals(*stats)
+
+
+class ChainDrafter:
+    """Owns the draft model's cache; the cache always holds a prefix of the accepted ids."""
+
+    def __init__(self, model: torch.nn.Module, vocab: int, sync):
+        self.model = model
+        self.vocab = vocab
+        self.sync = sync
+        self.device = model.device
+        self.cache = DynamicCache(config=model.config)
+
+    def reset(self) -> None:
+        self.cache = DynamicCache(config=self.model.config)
+
+    def _forward(self, tokens: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([tokens], device=self.device)
+        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1, : self.vocab].float()
+
+    def prefill(self, ids: list[int]) -> None:
+        if len(ids) > 1:
+            self._forward(ids[:-1])
+
+    def propose(
+        self,
+        ids: list[int],
+        budget: int,
+        controller: Controller,
+        config: SamplingConfig,
+        generator: torch.Generator | None,
+        stop_ids: frozenset[int],
+    ) -> Draft:
+        """Draft up to `budget` tokens after `ids`, asking the controller after each one."""
+        draft = Draft()
+        feed = ids[self.cache.get_seq_length():]  # catch up on tokens the draft has not seen
+        while True:
+            t0 = time.perf_counter()
+            logits = self._forward(feed)
+            signals = token_signals(logits)
+            if config.do_sample:
+                q = config.probs(logits[None])[0]
+                token = int(torch.multinomial(q, 1, generator=generator))
+                draft.probs.append(q)
+            else:
+                token = int(logits.argmax())
+            self.sync()
+            t1 = time.perf_counter()
+            draft.draft_ms += (t1 - t0) * 1000
+            draft.tokens.append(token)
+            draft.signals.append(signals)
+            if len(draft.tokens) >= budget or token in stop_ids:
+                break
+            go_on = controller.keep_drafting(signals, len(draft.tokens))
+            draft.control_ms += (time.perf_counter() - t1) * 1000
+            if not go_on:
+                break
+            feed = [token]
+        return draft
+
+    def rollback(self, length: int) -> None:
+        """Drop cached positions beyond `length` (the accepted prefix minus its last token)."""
+        crop_to(self.cache, length)

@@ -1,0 +1,145 @@
+"""The decode loop: draft, verify in one target forward, accept, roll caches back, repeat.
+
+Invariant: each model's KV cache holds a prefix of `ids` that excludes the last token, so the
+next target forward is [ids[-1], *drafted] and yields k+1 rows of logits in one pass.
+Batch size 1: one request at a time (what speculative decoding helps most on CPU).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+from speckv.control.base import Controller, RequestInfo, StepOutcome
+from speckv.drafting.chain import ChainDrafter
+from speckv.engine.kv import crop_to
+from speckv.engine.sampling import SamplingConfig, accept_greedy, accept_speculative
+from speckv.errors import SpeckvError
+from speckv.measure.records import StepRecord
+
+
+@dataclass(slots=True)
+class StepEvent:
+    tokens: list[int]  # tokens appended this step
+    record: StepRecord
+    finished: str | None  # "eos", "length" or None
+
+
+def _sync_for(device: torch.device):
+    if device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def _vocab(model: torch.nn.Module) -> int:
+    return model.get_output_embeddings().weight.shape[0]
+
+
+class Engine:
+    """Speculative decoding for one target and an optional draft that share a vocabulary."""
+
+    def __init__(self, target: torch.nn.Module, draft: torch.nn.Module | None = None, acceptance=None):
+        self.target = target
+        self.device = target.device
+        self.sync = _sync_for(self.device)
+        # Embedding tables are often padded past the tokenizer; compare over the shared rows.
+        self.vocab = _vocab(target) if draft is None else min(_vocab(target), _vocab(draft))
+        self.drafter = ChainDrafter(draft, self.vocab, self.sync) if draft is not None else None
+        self.acceptance = acceptance  # None: greedy or speculative sampling, by the config
+        self.prefill_ms = 0.0
+
+    def _verify(self, cache: DynamicCache, feed: list[int], rows: int) -> torch.Tensor:
+        input_ids = torch.tensor([feed], device=self.device)
+        out = self.target(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=rows)
+        return out.logits[0, -rows:, : self.vocab].float()
+
+    @torch.inference_mode()
+    def run(
+        self,
+        prompt_ids: list[int],
+        controller: Controller,
+        config: SamplingConfig = SamplingConfig(),
+        max_new_tokens: int = 128,
+        stop_ids: frozenset[int] = frozenset(),
+        max_context: int | None = None,
+    ) -> Iterator[StepEvent]:
+        """Yield one StepEvent per speculation step until EOS or max_new_tokens."""
+        if not prompt_ids:
+            raise SpeckvError("empty prompt: nothing to condition on")
+        if max_new_tokens < 1:
+            raise SpeckvError(f"max_new_tokens must be positive (got {max_new_tokens})")
+        if max_context is not None and len(prompt_ids) >= max_context:
+            raise SpeckvError(f"prompt has {len(prompt_ids)} tokens; the model's context is {max_context}")
+        if controller.uses_draft and self.drafter is None:
+            raise SpeckvError(f"controller {controller.name} needs a draft model")
+        limit = max_new_tokens if max_context is None else min(max_new_tokens, max_context - len(prompt_ids))
+        generator = None
+        if config.do_sample:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(config.seed if config.seed is not None else torch.seed())
+        accept = self.acceptance or (accept_speculative if config.do_sample else accept_greedy)
+        ids = list(prompt_ids)
+        cache = DynamicCache(config=self.target.config)
+        controller.start(RequestInfo(len(ids), limit))
+
+        t0 = time.perf_counter()
+        if len(ids) > 1:
+            self._verify(cache, ids[:-1], 1)
+        if controller.uses_draft:
+            self.drafter.reset()
+            self.drafter.prefill(ids)
+        self.sync()
+        self.prefill_ms = (time.perf_counter() - t0) * 1000
+
+        produced = 0
+        step = 0
+        while True:
+            t0 = time.perf_counter()
+            # Never draft past the token limit: the last token always comes from the target.
+            budget = max(0, min(controller.budget(), limit - produced - 1))
+            control_ms = (time.perf_counter() - t0) * 1000
+            drafted, draft_probs, signals, draft_ms = [], None, [], 0.0
+            if budget:
+                d = self.drafter.propose(ids, budget, controller, config, generator, stop_ids)
+                drafted, signals, draft_ms = d.tokens, d.signals, d.draft_ms
+                control_ms += d.control_ms
+                if d.probs:
+                    draft_probs = torch.stack(d.probs)
+
+            t1 = time.perf_counter()
+            logits = self._verify(cache, ids[cache.get_seq_length():] + drafted, len(drafted) + 1)
+            self.sync()
+            t2 = time.perf_counter()
+            verdict = accept(logits, drafted, draft_probs=draft_probs, config=config, generator=generator)
+
+            new = drafted[: verdict.accepted] + [verdict.next_token]
+            finished = None
+            for i, tok in enumerate(new):
+                if tok in stop_ids:
+                    new, finished = new[: i + 1], "eos"
+                    break
+            if produced + len(new) >= limit:
+                new, finished = new[: limit - produced], finished or "length"
+            ids += new
+            produced += len(new)
+            # Roll both caches back to the accepted prefix (all of ids but its last token).
+            crop_to(cache, len(ids) - 1)
+            if budget:
+                self.drafter.rollback(len(ids) - 1)
+
+            t3 = time.perf_counter()
+            controller.observe(StepOutcome(budget, len(drafted), verdict.accepted, tuple(signals)))
+            control_ms += (time.perf_counter() - t3) * 1000
+            record = StepRecord(
+                step=step, context_len=len(ids) - len(new), budget=budget, drafted=len(drafted),
+                accepted=verdict.accepted, emitted=len(new), signals=signals,
+                draft_ms=draft_ms, verify_ms=(t2 - t1) * 1000, control_ms=control_ms,
+            )
+            yield StepEvent(new, record, finished)
+            if finished:
+                return
+            step += 1

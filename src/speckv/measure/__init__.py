@@ -1,0 +1,1 @@
+"""Records of what decoding did, and (later) profiling, traces, replay and the cost model."""

@@ -1,0 +1,101 @@
+"""Engine correctness on tiny random models: greedy losslessness, limits, records, rollback."""
+
+import pytest
+import torch
+
+from speckv.control import make_controller
+from speckv.engine import Engine, SamplingConfig
+from speckv.errors import SpeckvError
+
+
+def run(engine, prompt, controller, max_new_tokens=40, stop_ids=frozenset(), config=SamplingConfig()):
+    tokens, records = [], []
+    for event in engine.run(prompt, make_controller(controller), config, max_new_tokens, stop_ids):
+        tokens += event.tokens
+        records.append(event.record)
+    return tokens, records
+
+
+def reference(model, prompt, n):
+    out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=n, min_new_tokens=n)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 3, 4, 8])
+def test_greedy_output_equals_target_greedy(tiny_pair, gamma):
+    target, draft = tiny_pair
+    engine = Engine(target, draft)
+    gen = torch.Generator().manual_seed(gamma)
+    total_accepted = 0
+    for _ in range(12):
+        prompt = torch.randint(0, 64, (int(torch.randint(1, 20, (1,), generator=gen)),), generator=gen).tolist()
+        tokens, records = run(engine, prompt, f"fixed:{gamma}")
+        assert tokens == reference(target, prompt, 40)
+        total_accepted += sum(r.accepted for r in records)
+    assert total_accepted > 0  # the pair is related: speculation really happened
+
+
+def test_autoregressive_controller_skips_the_draft(tiny_pair):
+    target, _ = tiny_pair
+    tokens, records = run(Engine(target), [3, 1, 4], "autoregressive", 25)
+    assert tokens == reference(target, [3, 1, 4], 25)
+    assert all(r.drafted == 0 and r.emitted == 1 for r in records)
+
+
+def test_records_are_consistent(tiny_pair):
+    tokens, records = run(Engine(*tiny_pair), [5, 6, 7], "fixed:4", 50)
+    assert len(tokens) == 50 == sum(r.emitted for r in records)
+    for r in records:
+        assert r.accepted <= r.drafted <= r.budget <= 4
+        assert len(r.signals) == r.drafted
+        assert all(s.entropy >= 0 and 0 < s.top1 <= 1 and 0 <= s.margin <= s.top1 for s in r.signals)
+        assert r.verify_ms > 0 and (r.drafted == 0 or r.draft_ms > 0)
+    assert [r.step for r in records] == list(range(len(records)))
+    # context grows by exactly what was emitted
+    for a, b in zip(records, records[1:]):
+        assert b.context_len == a.context_len + a.emitted
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 7])
+def test_max_new_tokens_is_exact(tiny_pair, limit):
+    tokens, records = run(Engine(*tiny_pair), [1, 2], "fixed:8", limit)
+    assert len(tokens) == limit
+    assert all(r.budget <= limit - 1 for r in records)
+
+
+def test_stops_at_eos_and_keeps_it(tiny_pair):
+    target, draft = tiny_pair
+    full = reference(target, [9, 9], 30)
+    eos = full[10]
+    first = full.index(eos)
+    tokens, _ = run(Engine(target, draft), [9, 9], "fixed:4", 30, frozenset({eos}))
+    assert tokens == full[: first + 1]
+
+
+def test_caches_hold_only_the_accepted_prefix(tiny_pair):
+    engine = Engine(*tiny_pair)
+    events = engine.run([1, 2, 3], make_controller("fixed:6"), SamplingConfig(), 30)
+    ids = [1, 2, 3]
+    for event in events:
+        ids += event.tokens
+        if not event.finished:
+            assert engine.drafter.cache.get_seq_length() <= len(ids) - 1
+
+
+def test_bad_requests_are_user_errors(tiny_pair):
+    engine = Engine(*tiny_pair)
+    with pytest.raises(SpeckvError, match="empty prompt"):
+        list(engine.run([], make_controller("fixed:2")))
+    with pytest.raises(SpeckvError, match="max_new_tokens"):
+        list(engine.run([1], make_controller("fixed:2"), max_new_tokens=0))
+    with pytest.raises(SpeckvError, match="context"):
+        list(engine.run(list(range(10)), make_controller("fixed:2"), max_context=10))
+    with pytest.raises(SpeckvError, match="needs a draft"):
+        list(Engine(tiny_pair[0]).run([1], make_controller("fixed:2")))
+
+
+@pytest.mark.parametrize("spec,msg", [("fixed:0", "out of range"), ("fixed:99", "out of range"), ("fixed:x", "not an integer"),
+                                      ("fixed", "needs a gamma"), ("bogus", "unknown controller")])
+def test_controller_spec_errors(spec, msg):
+    with pytest.raises(SpeckvError, match=msg):
+        make_controller(spec)
