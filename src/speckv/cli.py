@@ -153,10 +153,10 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
                 progress.advance(task)
     summary = summarize(rows, names, names[0])
     table = Table(title=f"{target} <- {draft}, {dtype}, {len(chosen)} prompts x {max_new_tokens} tokens, torch threads {torch.get_num_threads()}")
-    for col in ("method", "tokens/s", "mean accepted", f"speedup vs {names[0]}"):
+    for col in ("method", "tokens/s", "mean accepted", f"speedup vs {names[0]}", "engine overhead"):
         table.add_column(col)
     for s in summary:
-        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['mean_accepted']:.2f}", f"{s['speedup']:.2f}x")
+        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['mean_accepted']:.2f}", f"{s['speedup']:.2f}x", f"{100 * s['overhead_frac']:.2f}%")
     Console().print(table)
     if out:
         payload = {"summary": summary, "rows": [r.__dict__ for r in rows],

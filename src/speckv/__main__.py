@@ -1,0 +1,3 @@
+from speckv.cli import main
+
+main()
