@@ -45,9 +45,17 @@ def main() -> None:
     dec = speckv.Decoder(load_model(DEFAULT_TARGET, args.dtype), load_model(DEFAULT_DRAFT, args.draft_dtype))
     prompts = spec_bench(args.categories.split(","), args.per_category)
     controllers = args.controllers.split(",")
+    # Resumable: rows already in --out (same settings) are kept and their prompts skipped.
     rows = []
+    if args.out.is_file():
+        previous = json.loads(args.out.read_text())
+        if (previous["dtype"], previous["max_new_tokens"]) == (args.dtype, args.max_new_tokens):
+            rows = previous["rows"]
+    done = {r["id"] for r in rows}
     t0 = time.time()
     for i, p in enumerate(prompts, 1):
+        if p.id in done:
+            continue
         ids = dec.encode(p.text)
         x = torch.tensor([ids])
         with torch.inference_mode():
@@ -61,14 +69,20 @@ def main() -> None:
         print(f"[{i}/{len(prompts)} {time.time() - t0:.0f}s] {p.category:15} {p.id}: "
               + " ".join(f"{c}={'identical' if row[c]['identical'] else 'DIFFERS@' + str(row[c]['agree_prefix'])}" for c in controllers),
               flush=True)
+        save(args, rows, controllers)
+    print(json.dumps(save(args, rows, controllers), indent=1))
+
+
+def save(args, rows: list[dict], controllers: list[str]) -> dict:
+    """Write results atomically after every prompt, so an interrupted run loses one prompt at most."""
     summary = {c: {"identical": sum(r[c]["identical"] for r in rows), "prompts": len(rows),
                    "token_agreement": sum(r[c]["agree_prefix"] for r in rows) / sum(r["reference_len"] for r in rows)}
                for c in controllers}
-    print(json.dumps(summary, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps({"dtype": args.dtype, "draft_dtype": args.draft_dtype, "max_new_tokens": args.max_new_tokens, "summary": summary, "rows": rows}, indent=1))
     os.replace(tmp, args.out)
+    return summary
 
 
 if __name__ == "__main__":
