@@ -88,7 +88,9 @@ def generate(
         raise SpeckvError(f"--temperature must be >= 0 (got {temperature})")
     sampling = {"do_sample": temperature > 0, "temperature": temperature or 1.0, "top_p": top_p, "top_k": top_k, "seed": seed}
     speckv.SamplingConfig(**sampling)  # validate before loading models
-    uses_draft = controller.strip() != "autoregressive"
+    from speckv.control import make_controller
+
+    uses_draft = make_controller(controller).uses_draft  # the target alone needs no draft loaded
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller, device=device)
     kwargs = dict(max_new_tokens=max_new_tokens, stop=stop, raw=raw, **sampling)
     for text in texts:
