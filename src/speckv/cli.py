@@ -158,7 +158,9 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
     for col in ("method", "tokens/s", "mean accepted", f"speedup vs {names[0]}", "engine overhead"):
         table.add_column(col)
     for s in summary:
-        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['mean_accepted']:.2f}", f"{s['speedup']:.2f}x", f"{100 * s['overhead_frac']:.2f}%")
+        acc, overhead = s["mean_accepted"], s["overhead_frac"]
+        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", "-" if acc is None else f"{acc:.2f}",
+                      f"{s['speedup']:.2f}x", "-" if overhead is None else f"{100 * overhead:.2f}%")
     Console().print(table)
     if out:
         payload = {"summary": summary, "rows": [r.__dict__ for r in rows],

@@ -24,8 +24,8 @@ class Row:
     prompt_id: str
     new_tokens: int
     wall_s: float
-    mean_accepted: float  # accepted draft tokens per step (nan for hf-assisted)
-    overhead_frac: float  # wall time outside model forwards and controller calls (nan for hf-assisted)
+    mean_accepted: float | None  # accepted draft tokens per step (None: not observable for hf-assisted)
+    overhead_frac: float | None  # wall time outside model forwards and controller calls (None for hf-assisted)
     token_ids: list[int]
 
     @property
@@ -59,7 +59,7 @@ def _hf_assisted(decoder: Decoder, method: str, ids: list[int], max_new_tokens: 
 def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], max_new_tokens: int) -> Row:
     if method.startswith("hf-assisted"):
         tokens, wall = _hf_assisted(decoder, method, ids, max_new_tokens)
-        return Row(method, prompt_id, len(tokens), wall, float("nan"), float("nan"), tokens)
+        return Row(method, prompt_id, len(tokens), wall, None, None, tokens)
     result = decoder.generate(ids, controller=method, max_new_tokens=max_new_tokens)
     s = result.stats
     return Row(method, prompt_id, s.new_tokens, s.wall_s, s.mean_accepted, s.overhead_frac, result.token_ids)
@@ -72,11 +72,12 @@ def summarize(rows: list[Row], methods: list[str], baseline: str) -> list[dict]:
     out = []
     for m in methods:
         tokens, wall = totals[m]
-        acc = [r.mean_accepted for r in rows if r.method == m]
-        overhead = [r.overhead_frac for r in rows if r.method == m]
+        acc = [r.mean_accepted for r in rows if r.method == m and r.mean_accepted is not None]
+        overhead = [r.overhead_frac for r in rows if r.method == m and r.overhead_frac is not None]
         out.append({
             "method": m, "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 2),
-            "mean_accepted": round(sum(acc) / len(acc), 2), "speedup": round(tokens / wall / base_tps, 3),
-            "overhead_frac": round(sum(overhead) / len(overhead), 4),
+            "mean_accepted": round(sum(acc) / len(acc), 2) if acc else None,
+            "speedup": round(tokens / wall / base_tps, 3),
+            "overhead_frac": round(sum(overhead) / len(overhead), 4) if overhead else None,
         })
     return out
