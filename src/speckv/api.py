@@ -10,6 +10,7 @@ from speckv.control import Controller, make_controller
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.measure.records import Stats, StepRecord
+from speckv.models.compress import Compression
 from speckv.models.load import LoadedModel, load_model
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -147,9 +148,16 @@ def load(
     dtype: str = "bfloat16",
     controller: str = "fixed:4",
     device: str = "auto",
+    compression: str | None = None,
+    draft_compression: str | None = None,
 ) -> Decoder:
-    """Load (provisioning if needed) a target and draft; draft=None gives the target alone."""
+    """Load (provisioning if needed) a target and draft; draft=None gives the target alone.
+
+    dtype sets both models; compression (fp32|bf16|fp16|int8|nf4) overrides it for the target
+    and draft_compression for the draft. Losslessness is relative to the compressed target."""
     ctrl = make_controller(controller)  # fail on a bad controller before loading gigabytes
-    target_model = load_model(target, dtype, device)
-    draft_model = load_model(draft, dtype, device) if draft else None
+    target_level = Compression.parse(compression or dtype).level
+    draft_level = Compression.parse(draft_compression or dtype).level
+    target_model = load_model(target, target_level, device)
+    draft_model = load_model(draft, draft_level, device) if draft else None
     return Decoder(target_model, draft_model, ctrl)

@@ -21,7 +21,9 @@ app.add_typer(models_app, name="models")
 
 Draft = Annotated[str, typer.Option(help="draft model: built-in name, HF directory or .gguf file")]
 Target = Annotated[str, typer.Option(help="target model: built-in name, HF directory or .gguf file")]
-Dtype = Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (fast)")]
+Dtype = Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (fast), for both models")]
+Comp = Annotated[Optional[str], typer.Option(help="target compression: fp32|bf16|fp16|int8|nf4 (overrides --dtype)")]
+DraftComp = Annotated[Optional[str], typer.Option(help="draft compression: fp32|bf16|fp16|int8|nf4 (overrides --dtype)")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
 
 
@@ -55,6 +57,30 @@ def models_path(name: Annotated[str, typer.Argument(help="built-in name, HF dire
     typer.echo(str(model_path(name)))
 
 
+@models_app.command("info")
+def models_info(
+    name: Annotated[str, typer.Argument(help="built-in name, HF directory or .gguf file")],
+    compression: Annotated[str, typer.Option(help="fp32|bf16|fp16|int8|nf4")] = "bf16",
+    device: Device = "auto",
+    context: Annotated[int, typer.Option(help="cached context length for the timing")] = 300,
+) -> None:
+    """Memory footprint and measured ms per forward (1 and 8 new tokens) at a compression level."""
+    import torch
+
+    from speckv.measure.latency import forward_ms
+    from speckv.models.load import load_model
+
+    if context < 1:
+        raise SpeckvError(f"--context must be positive (got {context})")
+    loaded = load_model(name, compression, device)
+    ms = forward_ms(loaded.model, context=context)
+    typer.echo(f"model        {name} ({loaded.path})")
+    typer.echo(f"compression  {loaded.compression} on {loaded.model.device}, torch threads {torch.get_num_threads()}")
+    typer.echo(f"memory       {loaded.model.get_memory_footprint() / 2**20:.0f} MiB")
+    for n, value in ms.items():
+        typer.echo(f"forward      {value:7.1f} ms for {n} new token(s) after {context} cached")
+
+
 @app.command()
 def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="prompt text (or use --prompts-file)")] = None,
@@ -62,6 +88,8 @@ def generate(
     draft: Draft = DEFAULT_DRAFT,
     target: Target = DEFAULT_TARGET,
     dtype: Dtype = "bfloat16",
+    compression: Comp = None,
+    draft_compression: DraftComp = None,
     device: Device = "auto",
     controller: Annotated[str, typer.Option(help="fixed:N or autoregressive")] = "fixed:4",
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 128,
@@ -91,7 +119,8 @@ def generate(
     from speckv.control import make_controller
 
     uses_draft = make_controller(controller).uses_draft  # the target alone needs no draft loaded
-    dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller, device=device)
+    dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
+                      device=device, compression=compression, draft_compression=draft_compression)
     kwargs = dict(max_new_tokens=max_new_tokens, stop=stop, raw=raw, **sampling)
     for text in texts:
         if as_json:
@@ -112,11 +141,13 @@ def bench(
     draft: Draft = DEFAULT_DRAFT,
     target: Target = DEFAULT_TARGET,
     dtype: Dtype = "bfloat16",
+    compression: Comp = None,
+    draft_compression: DraftComp = None,
     device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(help="write per-prompt rows and the summary as JSON")] = None,
 ) -> None:
     """Tokens/s of several methods on the same Spec-Bench prompts, interleaved per prompt."""
-    run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, device, out)
+    run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, device, out, compression, draft_compression)
 
 
 @app.command()
@@ -125,7 +156,8 @@ def demo(prompts: int = 3, max_new_tokens: int = 64, dtype: Dtype = "bfloat16") 
     run_bench("autoregressive,fixed:4", "coding", prompts, max_new_tokens, DEFAULT_DRAFT, DEFAULT_TARGET, dtype, "auto", None)
 
 
-def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, device, out) -> None:
+def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, device, out,
+              compression=None, draft_compression=None) -> None:
     import torch
     from rich.console import Console
     from rich.progress import Progress
@@ -144,7 +176,8 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
     chosen = spec_bench([c.strip() for c in category.split(",")], prompts)
     if not chosen:
         raise SpeckvError(f"no Spec-Bench prompts in category {category!r}")
-    dec = speckv.load(target=target, draft=draft, dtype=dtype, device=device)
+    dec = speckv.load(target=target, draft=draft, dtype=dtype, device=device,
+                      compression=compression, draft_compression=draft_compression)
     rows = []
     with Progress(console=Console(stderr=True), transient=True) as progress:
         task = progress.add_task("benchmarking", total=len(chosen) * len(names))
@@ -154,7 +187,8 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
                 rows.append(run_method(dec, m, p.id, ids, max_new_tokens))
                 progress.advance(task)
     summary = summarize(rows, names, names[0])
-    table = Table(title=f"{target} <- {draft}, {dtype}, {len(chosen)} prompts x {max_new_tokens} tokens, torch threads {torch.get_num_threads()}")
+    levels = f"target {dec.target.compression}, draft {dec.draft.compression}"
+    table = Table(title=f"{target} <- {draft}, {levels}, {len(chosen)} prompts x {max_new_tokens} tokens, torch threads {torch.get_num_threads()}")
     for col in ("method", "tokens/s", "mean accepted", f"speedup vs {names[0]}", "engine overhead"):
         table.add_column(col)
     for s in summary:
@@ -164,7 +198,8 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
     Console().print(table)
     if out:
         payload = {"summary": summary, "rows": [r.__dict__ for r in rows],
-                   "config": {"draft": draft, "target": target, "dtype": dtype, "max_new_tokens": max_new_tokens,
+                   "config": {"draft": draft, "target": target, "target_compression": dec.target.compression,
+                              "draft_compression": dec.draft.compression, "max_new_tokens": max_new_tokens,
                               "category": category, "threads": torch.get_num_threads(), "torch": torch.__version__}}
         tmp = out.with_name(f".{out.name}.tmp")
         out.parent.mkdir(parents=True, exist_ok=True)

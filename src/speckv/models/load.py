@@ -1,4 +1,4 @@
-"""Load a provisioned model with a dtype on the run-time device."""
+"""Load a provisioned model at a compression level on the run-time device."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from speckv.errors import SpeckvError
+from speckv.models.compress import Compression
 from speckv.models.provision import model_path
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass
@@ -19,6 +18,7 @@ class LoadedModel:
     path: Path
     model: torch.nn.Module
     tokenizer: object
+    compression: str = "bf16"
 
     @property
     def max_context(self) -> int:
@@ -34,23 +34,21 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def parse_dtype(dtype: str) -> torch.dtype:
-    if dtype not in DTYPES:
-        raise SpeckvError(f"unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
-def load_model(name_or_path: str, dtype: str = "bfloat16", device: str = "auto") -> LoadedModel:
+def load_model(name_or_path: str, compression: str = "bf16", device: str = "auto") -> LoadedModel:
+    """compression: fp32|bf16|fp16|int8|nf4 (float32/bfloat16/float16 accepted as aliases)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    level = Compression.parse(compression)
+    dev = pick_device(device)
     path = model_path(name_or_path)
-    torch_dtype = parse_dtype(dtype)
     hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, **level.load_kwargs(dev))
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise SpeckvError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from exc
-    model.to(pick_device(device)).eval()
-    return LoadedModel(name=name_or_path, path=path, model=model, tokenizer=tokenizer)
+    if not level.quantized:  # bitsandbytes places quantized weights itself (device_map)
+        model.to(dev)
+    model.eval()
+    return LoadedModel(name=name_or_path, path=path, model=model, tokenizer=tokenizer, compression=level.level)
