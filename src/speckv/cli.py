@@ -207,6 +207,78 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
         os.replace(tmp, out)
 
 
+class _Bar:
+    """Rich progress bar with ETA over profile units (prompt x compression)."""
+
+    def __init__(self, description: str):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True))
+        self.description = description
+        self.task = None
+
+    def start(self, total: int, done: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(self.description, total=total, completed=done)
+
+    def advance(self) -> None:
+        self.progress.advance(self.task)
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _csv_list(text: str, kind=str) -> tuple:
+    try:
+        items = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise SpeckvError(f"cannot parse list {text!r}") from None
+    if not items:
+        raise SpeckvError("empty list")
+    return items
+
+
+@app.command()
+def profile(
+    out: Annotated[Path, typer.Option(help="output directory (resumable)")],
+    tasks: Annotated[str, typer.Option(help="code,math,chat,summarization")] = "code,math,chat,summarization",
+    gammas: Annotated[str, typer.Option(help="fixed speculation lengths")] = "2,4,6,8",
+    compression: Annotated[str, typer.Option(help="target compression levels")] = "bf16,int8,nf4",
+    draft_compression: Annotated[str, typer.Option(help="draft compression level")] = "bf16",
+    prompts_per_task: int = 10,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    draft: Draft = DEFAULT_DRAFT,
+    target: Target = DEFAULT_TARGET,
+    device: Device = "auto",
+    baseline: Annotated[bool, typer.Option(help="also run the target alone (gamma 0)")] = True,
+    csv: Annotated[bool, typer.Option("--csv", help="also write steps.csv and runs.csv")] = False,
+    force: Annotated[bool, typer.Option("--force", help="write into a directory holding another setup's records")] = False,
+) -> None:
+    """Measure acceptance, signals and wall-clock costs per compression x task x gamma (Parquet)."""
+    from speckv.data.tasks import TASKS
+    from speckv.measure.profile import ProfileConfig, run_profile
+    from speckv.models.compress import Compression
+
+    task_list = _csv_list(tasks)
+    for t in task_list:
+        if t not in TASKS:
+            raise SpeckvError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
+    if prompts_per_task < 1 or max_new_tokens < 1:
+        raise SpeckvError("--prompts-per-task and --max-new-tokens must be positive")
+    config = ProfileConfig(task_list, _csv_list(gammas, int), levels, Compression.parse(draft_compression).level,
+                           prompts_per_task, max_new_tokens, seed, target, draft, device, baseline)
+    bar = _Bar("profiling")
+    try:
+        written = run_profile(config, out, force=force, csv=csv, progress=bar)
+    finally:
+        bar.stop()
+    typer.echo(f"{written} new unit(s) written to {out}")
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -1,0 +1,69 @@
+"""Profiler on SmolLM2 (draft = target): record schema, resume after interruption, refusals."""
+
+import pandas as pd
+import pytest
+
+from speckv.errors import SpeckvError
+from speckv.measure.profile import SPECKV_RUN_COLUMNS, SPECKV_STEP_COLUMNS, ProfileConfig, load_records, run_profile
+
+SMOL = "smollm2-135m-instruct"
+CONFIG = ProfileConfig(tasks=("code", "chat"), gammas=(2,), compressions=("bf16",), prompts_per_task=2,
+                       max_new_tokens=6, target=SMOL, draft=SMOL)
+
+
+class Interrupt:
+    """A progress sink that presses Ctrl-C after `after` finished units."""
+
+    def __init__(self, after: int):
+        self.after, self.done = after, 0
+
+    def start(self, total, done):
+        self.total = total
+
+    def advance(self):
+        self.done += 1
+        if self.done >= self.after:
+            raise KeyboardInterrupt
+
+
+def test_schema_is_a_superset_of_speckv(tmp_path):
+    run_profile(CONFIG, tmp_path, csv=True)
+    steps, runs = load_records(tmp_path)
+    assert set(SPECKV_STEP_COLUMNS) <= set(steps.columns)
+    assert set(SPECKV_RUN_COLUMNS) <= set(runs.columns)
+    assert {"prompt_id", "context_len", "draft_ms", "verify_ms", "control_ms", "draft_entropies",
+            "target", "draft", "torch", "device", "threads"} <= set(steps.columns)
+    assert sorted(runs.gamma.unique()) == [0, 2] and len(runs) == 4 * 2
+    spec = steps[steps.gamma == 2]
+    assert (spec.accepted <= spec.drafted).all() and (spec.drafted <= 2).all()
+    assert (spec.draft_entropies.map(len) == spec.drafted).all()
+    assert (tmp_path / "steps.csv").is_file() and len(pd.read_csv(tmp_path / "runs.csv")) == len(runs)
+
+
+def test_resume_after_interruption_redoes_only_the_missing_units(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run_profile(CONFIG, tmp_path, progress=Interrupt(after=1))
+    first = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(first) == 1 and not list(tmp_path.rglob("*.tmp"))
+    stamp = (tmp_path / "runs" / first[0]).stat().st_mtime_ns
+    assert run_profile(CONFIG, tmp_path) == 3
+    assert (tmp_path / "runs" / first[0]).stat().st_mtime_ns == stamp
+    assert run_profile(CONFIG, tmp_path) == 0
+
+
+def test_directory_of_another_pair_is_refused(tmp_path):
+    run_profile(ProfileConfig(tasks=("chat",), gammas=(2,), compressions=("bf16",), prompts_per_task=1,
+                              max_new_tokens=2, target=SMOL, draft=SMOL), tmp_path)
+    other = ProfileConfig(tasks=("chat",), gammas=(2,), compressions=("bf16",), prompts_per_task=1,
+                          max_new_tokens=3, target=SMOL, draft=SMOL)
+    with pytest.raises(SpeckvError, match="another setup"):
+        run_profile(other, tmp_path)
+
+
+def test_unreadable_records_are_named(tmp_path):
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "steps" / "bad.parquet").write_bytes(b"not parquet")
+    (tmp_path / "runs" / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(SpeckvError, match="bad.parquet"):
+        load_records(tmp_path)
