@@ -67,3 +67,28 @@ def test_unreadable_records_are_named(tmp_path):
     (tmp_path / "runs" / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(SpeckvError, match="bad.parquet"):
         load_records(tmp_path)
+
+
+def test_report_writes_figures_and_page(tmp_path):
+    from speckv.report.page import build
+
+    run_profile(CONFIG, tmp_path)
+    page = build(tmp_path, tmp_path / "report")
+    assert page.is_file() and "best fixed gamma" in page.read_text()
+    pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"tokens_per_s_vs_gamma.png", "acceptance_heatmaps.png", "best_gamma_shift.png", "costs.png"} <= pngs
+
+
+def test_report_cli_refuses_unreadable_records(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from speckv.cli import main
+
+    (tmp_path / "steps").mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "steps" / "x.parquet").write_bytes(b"junk")
+    (tmp_path / "runs" / "x.parquet").write_bytes(b"junk")
+    monkeypatch.setattr(sys, "argv", ["speckv", "report", str(tmp_path)])
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 2 and "x.parquet" in capsys.readouterr().err

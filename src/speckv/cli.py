@@ -279,6 +279,22 @@ def profile(
     typer.echo(f"{written} new unit(s) written to {out}")
 
 
+@app.command()
+def report(
+    records: Annotated[Path, typer.Argument(help="a directory written by speckv profile")],
+    out: Annotated[Optional[Path], typer.Option(help="where to write PNGs and report.html (default RECORDS/report)")] = None,
+    speckv_reference: Annotated[Optional[Path], typer.Option(help="SpecKV's phase2_step_results.csv, to compare against")] = None,
+) -> None:
+    """Figures and an HTML page from profile records: gamma, compression, signals, costs."""
+    from speckv.data.prompts import shared_file
+    from speckv.report.page import build
+
+    if not records.is_dir():
+        raise SpeckvError(f"{records} is not a directory of profile records")
+    reference = speckv_reference or shared_file("reference/speckv/phase2_step_results.csv")
+    typer.echo(str(build(records, out or records / "report", reference)))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

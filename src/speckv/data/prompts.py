@@ -9,9 +9,6 @@ from pathlib import Path
 
 from speckv.errors import SpeckvError
 
-SPEC_BENCH_REL = Path("shared/data/spec_bench/question.jsonl")
-
-
 @dataclass(frozen=True)
 class Prompt:
     id: str
@@ -48,16 +45,24 @@ def read_jsonl(path: str | Path) -> list[Prompt]:
     return prompts
 
 
+def shared_file(relative: str) -> Path | None:
+    """A file under shared/ beside the checkout or the working directory, if there is one."""
+    for base in (Path.cwd(), Path(__file__).resolve()):
+        for parent in (base, *base.parents):
+            for candidate in (parent / "shared" / relative, parent.parent / "shared" / relative):
+                if candidate.is_file():
+                    return candidate
+    return None
+
+
 def spec_bench_path() -> Path:
     """$SPECKV_SPEC_BENCH, else shared/data/spec_bench beside the checkout or the working directory."""
     if env := os.environ.get("SPECKV_SPEC_BENCH"):
         return Path(env)
-    for base in (Path.cwd(), Path(__file__).resolve()):
-        for parent in (base, *base.parents):
-            for candidate in (parent / SPEC_BENCH_REL, parent.parent / SPEC_BENCH_REL):
-                if candidate.is_file():
-                    return candidate
-    raise SpeckvError("Spec-Bench questions not found; set SPECKV_SPEC_BENCH to question.jsonl")
+    found = shared_file("data/spec_bench/question.jsonl")
+    if found is None:
+        raise SpeckvError("Spec-Bench questions not found; set SPECKV_SPEC_BENCH to question.jsonl")
+    return found
 
 
 def spec_bench(categories: list[str] | None = None, per_category: int | None = None) -> list[Prompt]:
