@@ -164,6 +164,8 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
     from rich.table import Table
 
     import speckv
+    from transformers.utils import is_sklearn_available
+
     from speckv.bench.side_by_side import run_method, summarize
     from speckv.data.prompts import spec_bench
 
@@ -200,7 +202,9 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
         payload = {"summary": summary, "rows": [r.__dict__ for r in rows],
                    "config": {"draft": draft, "target": target, "target_compression": dec.target.compression,
                               "draft_compression": dec.draft.compression, "max_new_tokens": max_new_tokens,
-                              "category": category, "threads": torch.get_num_threads(), "torch": torch.__version__}}
+                              "category": category, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                              # with scikit-learn present, assisted generation adapts its confidence threshold
+                              "hf_assisted_sklearn": is_sklearn_available()}}
         tmp = out.with_name(f".{out.name}.tmp")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(payload, indent=1))
