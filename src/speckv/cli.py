@@ -163,17 +163,16 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
     from rich.progress import Progress
     from rich.table import Table
 
-    import speckv
     from transformers.utils import is_sklearn_available
 
+    import speckv
     from speckv.bench.side_by_side import run_method, summarize
+    from speckv.control import make_controller
     from speckv.data.prompts import spec_bench
 
-    names = [m.strip() for m in methods.split(",") if m.strip()]
-    for m in names:
+    names = list(_csv_list(methods))
+    for m in names:  # fail on a bad method before loading models
         if not m.startswith("hf-assisted"):
-            from speckv.control import make_controller
-
             make_controller(m)
     chosen = spec_bench([c.strip() for c in category.split(",")], prompts)
     if not chosen:
