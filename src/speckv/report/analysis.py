@@ -10,8 +10,7 @@ STEP_SIGNALS = ["mean_draft_entropy", "max_draft_entropy", "mean_draft_confidenc
 
 def best_gamma(runs: pd.DataFrame) -> pd.DataFrame:
     """Wall-clock best fixed gamma per compression x task (gamma 0 = don't speculate)."""
-    tps = runs.groupby(["compression", "task", "gamma"]).apply(
-        lambda g: g.new_tokens.sum() / g.wall_s.sum(), include_groups=False).rename("tokens_per_s").reset_index()
+    tps = throughput(runs)
     best = tps.loc[tps.groupby(["compression", "task"]).tokens_per_s.idxmax()]
     base = tps[tps.gamma == 0].set_index(["compression", "task"]).tokens_per_s
     best = best.set_index(["compression", "task"])
@@ -20,6 +19,7 @@ def best_gamma(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def throughput(runs: pd.DataFrame) -> pd.DataFrame:
+    """Tokens/s per compression x task x gamma: total tokens over total time, not a mean of rates."""
     return runs.groupby(["compression", "task", "gamma"]).apply(
         lambda g: g.new_tokens.sum() / g.wall_s.sum(), include_groups=False).rename("tokens_per_s").reset_index()
 

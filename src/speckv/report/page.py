@@ -80,9 +80,8 @@ def figures(steps: pd.DataFrame, runs: pd.DataFrame, tokens: pd.DataFrame, out: 
     for level, g in spec.groupby("compression"):
         axes[0].scatter(g.drafted + 1, g.verify_ms, s=6, alpha=0.4, label=level)
     axes[0].set(xlabel="tokens verified in one target forward", ylabel="verify ms", title="verification cost")
-    draft_cost = (spec.draft_ms / spec.drafted).groupby(spec.compression).median()
-    verify_cost = steps[steps.gamma == 0].groupby("compression").verify_ms.median()
-    frame = pd.DataFrame({"per draft token": draft_cost, "per target forward": verify_cost})
+    cost = analysis.costs(steps)
+    frame = pd.DataFrame({"per draft token": cost.draft_ms_per_token, "per target forward": cost.verify_ms_target_alone})
     frame.plot.bar(ax=axes[1], rot=0, title="ms: draft token vs target forward")
     axes[0].legend(fontsize=7)
     made.append(("Cost per draft token vs per verification", _save(fig, out / "costs.png")))
