@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from speckv.control import Controller, make_controller
+from speckv.control import Controller, Setup, make_controller, precheck
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.measure.records import Stats, StepRecord
@@ -62,19 +62,29 @@ def _check_tokenizers(target: LoadedModel, draft: LoadedModel) -> None:
 class Decoder:
     """A loaded target (+ draft) and a default controller; batch size 1."""
 
-    def __init__(self, target: LoadedModel, draft: LoadedModel | None, controller: str | Controller = "fixed:4"):
+    def __init__(self, target: LoadedModel, draft: LoadedModel | None, controller: str | Controller | None = None):
         if draft is not None:
             _check_tokenizers(target, draft)
         self.target = target
         self.draft = draft
         self.tokenizer = target.tokenizer
-        self.controller = make_controller(controller) if isinstance(controller, str) else controller
+        #: selects trained controller artifacts and calibrated costs for this pair
+        self.setup = Setup(target.name, draft.name if draft else "-", target.compression,
+                           draft.compression if draft else "-", target.model.device.type)
+        controller = controller or ("auto" if draft else "autoregressive")
+        self.controller = self.make_controller(controller) if isinstance(controller, str) else controller
         self.engine = Engine(target.model, draft.model if draft else None)
         eos = target.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
         self.stop_ids = frozenset(eos)
+
+    def make_controller(self, spec: str) -> Controller:
+        controller = make_controller(spec, self.setup)
+        if controller.uses_draft and self.draft is None:
+            raise SpeckvError(f"controller {controller.name} needs a draft model")
+        return controller
 
     def encode(self, prompt: str, raw: bool = False) -> list[int]:
         """Token ids for a prompt; through the chat template unless raw."""
@@ -98,7 +108,7 @@ class Decoder:
         **sampling,
     ) -> Iterator[str]:
         config = SamplingConfig(**sampling)
-        ctrl = make_controller(controller) if isinstance(controller, str) else (controller or self.controller)
+        ctrl = self.make_controller(controller) if isinstance(controller, str) else (controller or self.controller)
         ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, raw)
         stops = [s for s in (stop or []) if s]
         run.prompt_ids = ids
@@ -146,7 +156,7 @@ def load(
     target: str = DEFAULT_TARGET,
     draft: str | None = DEFAULT_DRAFT,
     dtype: str = "bfloat16",
-    controller: str = "fixed:4",
+    controller: str = "auto",
     device: str = "auto",
     compression: str | None = None,
     draft_compression: str | None = None,
@@ -155,9 +165,9 @@ def load(
 
     dtype sets both models; compression (fp32|bf16|fp16|int8|nf4) overrides it for the target
     and draft_compression for the draft. Losslessness is relative to the compressed target."""
-    ctrl = make_controller(controller)  # fail on a bad controller before loading gigabytes
+    precheck(controller)  # fail on a bad controller before loading gigabytes
     target_level = Compression.parse(compression or dtype).level
     draft_level = Compression.parse(draft_compression or dtype).level
     target_model = load_model(target, target_level, device)
     draft_model = load_model(draft, draft_level, device) if draft else None
-    return Decoder(target_model, draft_model, ctrl)
+    return Decoder(target_model, draft_model, controller)

@@ -91,7 +91,7 @@ def generate(
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
-    controller: Annotated[str, typer.Option(help="fixed:N or autoregressive")] = "fixed:4",
+    controller: Annotated[str, typer.Option(help="auto (trained cost-aware if present), fixed:N, autoregressive, hf-heuristic, hf-confidence, p-min, cost-aware, speckv")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples")] = 0.0,
     top_p: Annotated[Optional[float], typer.Option(help="nucleus sampling mass")] = None,
@@ -116,9 +116,9 @@ def generate(
         raise SpeckvError(f"--temperature must be >= 0 (got {temperature})")
     sampling = {"do_sample": temperature > 0, "temperature": temperature or 1.0, "top_p": top_p, "top_k": top_k, "seed": seed}
     speckv.SamplingConfig(**sampling)  # validate before loading models
-    from speckv.control import make_controller
+    from speckv.control import precheck
 
-    uses_draft = make_controller(controller).uses_draft  # the target alone needs no draft loaded
+    uses_draft = precheck(controller)  # the target alone needs no draft loaded
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression)
     kwargs = dict(max_new_tokens=max_new_tokens, stop=stop, raw=raw, **sampling)
@@ -167,13 +167,13 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
 
     import speckv
     from speckv.bench.side_by_side import run_method, summarize
-    from speckv.control import make_controller
+    from speckv.control import precheck
     from speckv.data.prompts import spec_bench
 
     names = list(_csv_list(methods))
     for m in names:  # fail on a bad method before loading models
         if not m.startswith("hf-assisted"):
-            make_controller(m)
+            precheck(m)
     chosen = spec_bench([c.strip() for c in category.split(",")], prompts)
     if not chosen:
         raise SpeckvError(f"no Spec-Bench prompts in category {category!r}")
@@ -311,6 +311,161 @@ def profile(
     finally:
         bar.stop()
     typer.echo(f"{written} new unit(s) written to {out}")
+
+
+EVAL_KEYS = ("tasks", "train_per_task", "test_per_task", "max_new_tokens", "seed", "depth", "target", "draft",
+             "draft_compression")
+
+
+def _eval_config(out: Path, compression: Optional[str] = None, **changes):
+    """The evaluation directory's config (written by `speckv trace`), optionally narrowed."""
+    from dataclasses import replace
+
+    from speckv.bench.evaluate import EvalConfig
+    from speckv.models.compress import Compression
+
+    path = out / "eval.json"
+    if not path.is_file():
+        raise SpeckvError(f"{out} is not an evaluation directory (no eval.json); start with `speckv trace --out {out}`")
+    try:
+        config = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(path.read_text()).items()})
+    except (ValueError, TypeError) as exc:
+        raise SpeckvError(f"{path}: unreadable ({type(exc).__name__})") from None
+    if compression:
+        levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
+        unknown = set(levels) - set(config.compressions)
+        if unknown:
+            raise SpeckvError(f"{out} was set up for {', '.join(config.compressions)}, not {', '.join(sorted(unknown))}")
+        changes["compressions"] = levels
+    return replace(config, **changes)
+
+
+@app.command()
+def trace(
+    out: Annotated[Path, typer.Option(help="evaluation directory (resumable)")],
+    split: Annotated[str, typer.Option(help="train, test or both")] = "both",
+    tasks: Annotated[str, typer.Option(help="code,math,chat,summarization")] = "code,math,chat,summarization",
+    compression: Annotated[str, typer.Option(help="target compression levels")] = "bf16,int8,nf4",
+    draft_compression: Annotated[str, typer.Option(help="draft compression level")] = "bf16",
+    train_per_task: int = 6,
+    test_per_task: int = 4,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    depth: Annotated[int, typer.Option(help="draft tokens recorded after each mismatch (max budget - 1)")] = 15,
+    draft: Draft = DEFAULT_DRAFT,
+    target: Target = DEFAULT_TARGET,
+    device: Device = "auto",
+    force: Annotated[bool, typer.Option("--force", help="write into a directory set up for another configuration")] = False,
+) -> None:
+    """Collect greedy traces (target output + teacher-forced draft signals) for exact replay."""
+    from dataclasses import asdict
+
+    from speckv.bench.evaluate import EvalConfig, Session, collect
+    from speckv.data.tasks import TASKS
+    from speckv.measure.profile import claim_dir
+    from speckv.models.compress import Compression
+
+    task_list = _csv_list(tasks)
+    for t in task_list:
+        if t not in TASKS:
+            raise SpeckvError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    if split not in ("train", "test", "both"):
+        raise SpeckvError(f"--split must be train, test or both (got {split!r})")
+    if min(train_per_task, test_per_task, max_new_tokens, depth) < 1:
+        raise SpeckvError("--train-per-task, --test-per-task, --max-new-tokens and --depth must be positive")
+    levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
+    config = EvalConfig(task_list, levels, train_per_task=train_per_task, test_per_task=test_per_task,
+                        max_new_tokens=max_new_tokens, seed=seed, depth=depth, target=target, draft=draft,
+                        draft_compression=Compression.parse(draft_compression).level, device=device)
+    parts = ("train", "test") if split == "both" else (split,)
+    todo = [(lvl, part, p) for lvl in levels for part in parts for _, p in config.prompts(part)]
+    claim_dir(out, "eval.json", asdict(config), EVAL_KEYS, force)
+    done = sum((out / "traces" / part / lvl / (p.id.replace("/", "_") + ".parquet")).is_file() for lvl, part, p in todo)
+    bar = _Bar("tracing")
+    bar.start(len(todo), done)
+    try:
+        if done < len(todo):
+            session = Session(config)
+            for level in levels:
+                dec = session.decoder(level)
+                for part in parts:
+                    collect(dec, config, out, part, bar)
+                del dec
+    finally:
+        bar.stop()
+    typer.echo(f"{len(todo)} trace(s) in {out / 'traces'}")
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace)")],
+    compression: Annotated[Optional[str], typer.Option(help="subset of the directory's levels")] = None,
+    prompts: Annotated[int, typer.Option(help="training prompts to time (spread over the tasks)")] = 4,
+) -> None:
+    """Fit the cost model (draft, verify, loop overhead) to live runs on this machine."""
+    from speckv.bench.evaluate import Session, calibrate as fit, save_cost
+
+    config = _eval_config(out, compression)
+    pool = [p for _, p in config.prompts("train")]
+    if not 1 <= prompts <= len(pool):
+        raise SpeckvError(f"--prompts must be in [1, {len(pool)}]")
+    chosen = [pool[i * len(pool) // prompts] for i in range(prompts)]
+    session = Session(config)
+    for level in config.compressions:
+        dec = session.decoder(level)
+        cost, rows = fit(dec, chosen, config.max_new_tokens)
+        path = save_cost(cost, dec, out)
+        errors = [r["predicted_s"] / r["wall_s"] - 1 for r in rows]
+        typer.echo(f"{level}: {path}")
+        typer.echo(f"  draft ms/token {cost.draft[1]:.1f} (+{cost.draft[2]:.1f}/1k ctx), verify ms {cost.verify[0]:.1f}"
+                   f" + {cost.verify[1]:.1f}/token, loop overhead {cost.overhead[0]:.2f} ms/step;"
+                   f" fit error per run: mean {100 * sum(errors) / len(errors):+.1f}%,"
+                   f" worst {100 * max(errors, key=abs):+.1f}% over {len(rows)} runs")
+        del dec
+
+
+@app.command()
+def train(out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace + calibrate)")]) -> None:
+    """Train cost-aware and SpecKV's MLP on the training traces; artifacts go to the cache."""
+    from speckv.bench.evaluate import train as fit
+
+    for path in fit(_eval_config(out), out):
+        typer.echo(str(path))
+
+
+@app.command("eval")
+def eval_(
+    out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace, calibrate, train)")],
+    controllers: Annotated[str, typer.Option(help="controllers to compare (oracle: replay only)")] =
+        "fixed:4,hf-heuristic,hf-confidence:16,p-min,speckv,cost-aware,oracle",
+    baselines: Annotated[str, typer.Option(help="also run: autoregressive, hf-assisted[:N]")] = "autoregressive,hf-assisted",
+    compression: Annotated[Optional[str], typer.Option(help="subset of the directory's levels")] = None,
+    live: Annotated[bool, typer.Option(help="also run live (wall clock); --no-live replays only")] = True,
+) -> None:
+    """Replay every controller and run them live on held-out prompts; tables with bootstrap CIs."""
+    from speckv.bench.evaluate import Session, assemble, evaluate
+    from speckv.control import precheck
+    from speckv.report.eval_page import build
+
+    names = _csv_list(controllers)
+    for name in names:
+        if name != "oracle":
+            precheck(name)
+    config = _eval_config(out, compression, controllers=names, baselines=_csv_list(baselines))
+    total = len(config.compressions) * len(config.prompts("test"))
+    done = len(list((out / "units").glob("*.runs.parquet"))) if (out / "units").is_dir() else 0
+    bar = _Bar("evaluating")
+    bar.start(total, min(done, total))
+    try:
+        session = Session(config)
+        for level in config.compressions:
+            dec = session.decoder(level)
+            evaluate(dec, config, out, live, bar)
+            del dec
+    finally:
+        bar.stop()
+    assemble(out)
+    typer.echo(str(build(out)))
 
 
 @app.command()

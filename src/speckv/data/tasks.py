@@ -41,3 +41,9 @@ def select(task: str, n: int, seed: int = 0) -> list[Prompt]:
     if n > len(pool):
         raise SpeckvError(f"task {task} has {len(pool)} prompts; asked for {n}")
     return random.Random(f"{seed}:{task}").sample(pool, n)
+
+
+def split(task: str, n_train: int, n_test: int, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
+    """Disjoint train and test prompts of a task: split by prompt, never by step."""
+    chosen = select(task, n_train + n_test, seed)
+    return chosen[:n_train], chosen[n_train:]

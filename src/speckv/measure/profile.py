@@ -91,18 +91,20 @@ def unit_name(compression: str, prompt_id: str) -> str:
     return f"{compression}__{prompt_id.replace('/', '_')}.parquet"
 
 
-def check_or_claim(out: Path, config: ProfileConfig, force: bool) -> None:
-    """Refuse to mix records of a different model pair into one directory (unless forced)."""
+def claim_dir(out: Path, name: str, config: dict, keys: tuple[str, ...], force: bool) -> None:
+    """Refuse to mix records of a different setup into one directory (unless forced), then
+    record this setup in out/name."""
     out.mkdir(parents=True, exist_ok=True)
-    meta_path = out / "profile.json"
-    mine = {k: getattr(config, k) for k in PAIR_KEYS}
+    meta_path = out / name
+    mine = json.loads(json.dumps({k: config[k] for k in keys}))  # tuples compare as lists
     if meta_path.is_file() and not force:
-        theirs = {k: json.loads(meta_path.read_text()).get(k) for k in PAIR_KEYS}
+        stored = json.loads(meta_path.read_text())
+        theirs = {k: stored.get(k) for k in keys}
         if theirs != mine:
-            diff = ", ".join(f"{k}: {theirs[k]} != {mine[k]}" for k in PAIR_KEYS if theirs[k] != mine[k])
+            diff = ", ".join(f"{k}: {theirs[k]} != {mine[k]}" for k in keys if theirs[k] != mine[k])
             raise SpeckvError(f"{out} holds records of another setup ({diff}); use --force or another --out")
-    tmp = meta_path.with_name(".profile.json.tmp")
-    tmp.write_text(json.dumps(asdict(config), indent=1))
+    tmp = meta_path.with_name(f".{name}.tmp")
+    tmp.write_text(json.dumps(config, indent=1))
     os.replace(tmp, meta_path)
 
 
@@ -119,7 +121,7 @@ def run_profile(config: ProfileConfig, out: Path, force: bool = False, csv: bool
     for g in config.gammas:
         make_controller(f"fixed:{g}")
     prompts = [(task, p) for task in config.tasks for p in select(task, config.prompts_per_task, config.seed)]
-    check_or_claim(out, config, force)
+    claim_dir(out, "profile.json", asdict(config), PAIR_KEYS, force)
     (out / "steps").mkdir(exist_ok=True)
     (out / "runs").mkdir(exist_ok=True)
     todo = [(lvl, task, p) for lvl in levels for task, p in prompts if not (out / "runs" / unit_name(lvl, p.id)).is_file()]

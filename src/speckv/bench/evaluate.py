@@ -1,0 +1,240 @@
+"""Held-out evaluation of controllers: traces, cost calibration, replay and live runs, side by side.
+
+Layout of an evaluation directory (everything resumable, one file per unit, written atomically):
+    traces/{train,test}/<compression>/<prompt>.parquet   teacher-forced draft traces
+    cost/<compression>.json                              the calibrated cost model (copy)
+    controllers/*.json                                   trained artifacts (copies)
+    units/<compression>__<prompt>.{runs,steps}.parquet   replay + live results per prompt
+    runs.parquet, steps.parquet, eval.html               the assembled results and report
+Prompts are split by prompt (data.tasks.split): training never sees a test prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from transformers.utils import is_sklearn_available
+
+from speckv.api import Decoder
+from speckv.bench.side_by_side import hf_assisted_settings, run_method
+from speckv.control import cost_path
+from speckv.control.artifact import Setup, default_path
+from speckv.control.oracle import Oracle
+from speckv.control.train import train_cost_aware, train_speckv
+from speckv.data.prompts import Prompt
+from speckv.data.tasks import TASKS, split
+from speckv.errors import SpeckvError
+from speckv.measure.cost import CalibrationRun, CostModel
+from speckv.measure.replay import replay
+from speckv.measure.trace import collect_trace, load_trace, load_traces, save_trace
+
+# hf-confidence at 16 tokens, not transformers' 20: traces hold 15 draft tokens after a mismatch.
+CONTROLLERS = ("fixed:4", "hf-heuristic", "hf-confidence:16", "p-min", "speckv", "cost-aware", "oracle")
+BASELINES = ("autoregressive", "hf-assisted")
+CALIBRATION = ("autoregressive", "fixed:1", "fixed:2", "fixed:4", "fixed:8", "p-min")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = TASKS
+    compressions: tuple[str, ...] = ("bf16", "int8", "nf4")
+    controllers: tuple[str, ...] = CONTROLLERS
+    baselines: tuple[str, ...] = BASELINES
+    train_per_task: int = 6
+    test_per_task: int = 4
+    max_new_tokens: int = 128
+    seed: int = 0
+    depth: int = 15  # free-running draft tokens recorded after each mismatch
+    target: str = "qwen2.5-coder-1.5b-instruct"
+    draft: str = "qwen2.5-coder-0.5b-instruct"
+    draft_compression: str = "bf16"
+    device: str = "auto"
+
+    def setup(self, level: str) -> Setup:
+        from speckv.models.load import pick_device
+
+        return Setup(self.target, self.draft, level, self.draft_compression, pick_device(self.device).type)
+
+    def prompts(self, part: str) -> list[tuple[str, Prompt]]:
+        index = 0 if part == "train" else 1
+        return [(t, p) for t in self.tasks for p in split(t, self.train_per_task, self.test_per_task, self.seed)[index]]
+
+
+def _file(name: str) -> str:
+    return name.replace("/", "_") + ".parquet"
+
+
+def _write(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+class Session:
+    """A loaded pair at one target compression (the draft is loaded once and shared)."""
+
+    def __init__(self, config: EvalConfig, draft=None):
+        from speckv.models.load import load_model
+
+        self.config = config
+        self.draft = draft or load_model(config.draft, config.draft_compression, config.device)
+
+    def decoder(self, level: str) -> Decoder:
+        from speckv.models.load import load_model
+
+        return Decoder(load_model(self.config.target, level, self.config.device), self.draft, "fixed:4")
+
+
+def collect(dec: Decoder, config: EvalConfig, out: Path, part: str, progress=None) -> list[Path]:
+    """Traces for the train or test prompts at the decoder's compression (skips existing ones)."""
+    level = dec.setup.compression
+    paths = []
+    for task, prompt in config.prompts(part):
+        path = out / "traces" / part / level / _file(prompt.id)
+        paths.append(path)
+        if path.is_file():
+            continue
+        meta = {"prompt_id": prompt.id, "task": task, "compression": level, "target": config.target,
+                "draft": config.draft, "draft_compression": config.draft_compression, "device": dec.setup.device}
+        trace = collect_trace(dec.target.model, dec.draft.model, dec.encode(prompt.text), config.max_new_tokens,
+                              dec.stop_ids, config.depth, meta)
+        save_trace(trace, path)
+        if progress:
+            progress.advance()
+    return paths
+
+
+def calibrate(dec: Decoder, prompts: list[Prompt], max_new_tokens: int, specs=CALIBRATION) -> tuple[CostModel, list[dict]]:
+    """Fit the cost model to live runs; also report each run's predicted vs measured wall time."""
+    runs, rows = [], []
+    for prompt in prompts:
+        ids = dec.encode(prompt.text)
+        for spec in specs:
+            r = dec.generate(ids, controller=spec, max_new_tokens=max_new_tokens)
+            runs.append(CalibrationRun(len(ids), r.steps, r.stats.wall_s, r.stats.prefill_ms))
+            rows.append({"prompt_id": prompt.id, "controller": spec, "new_tokens": r.stats.new_tokens,
+                         "wall_s": r.stats.wall_s})
+    import torch
+
+    meta = {**dec.setup.__dict__, "threads": torch.get_num_threads(), "runs": len(runs)}
+    cost = CostModel.fit(runs, meta)
+    for row, run in zip(rows, runs):
+        row["predicted_s"] = cost.wall_s(run.steps, run.prompt_len)
+    return cost, rows
+
+
+def save_cost(cost: CostModel, dec: Decoder, out: Path | None) -> Path:
+    cost.save(cost_path(dec.setup))
+    if out is not None:
+        cost.save(out / "cost" / f"{dec.setup.compression}.json")
+    return cost_path(dec.setup)
+
+
+def train(config: EvalConfig, out: Path) -> list[Path]:
+    """Train cost-aware (per compression) and SpecKV's MLP (joint) on the training traces."""
+    setups = {level: config.setup(level) for level in config.compressions}
+    traces = {level: load_traces(out / "traces" / "train" / level) for level in setups}
+    written = []
+    for level, setup in setups.items():
+        if not cost_path(setup).is_file():
+            raise SpeckvError(f"no cost model for {setup.slug()}; run `speckv calibrate` first")
+        art = train_cost_aware(traces[level], setup, CostModel.load(cost_path(setup)))
+        written.append(art.save(default_path("cost-aware", setup)))
+        art.save(out / "controllers" / default_path("cost-aware", setup).name)
+    everything = [t for ts in traces.values() for t in ts]
+    for art in train_speckv(everything, list(setups.values())):
+        written.append(art.save(default_path("speckv", art.setup)))
+        art.save(out / "controllers" / default_path("speckv", art.setup).name)
+    return written
+
+
+def _run_row(base: dict, controller: str, new_tokens: int, wall_s: float, steps) -> dict:
+    return {**base, "controller": controller, "new_tokens": new_tokens, "wall_s": wall_s,
+            "tokens_per_s": new_tokens / wall_s if wall_s > 0 else float("nan"), "steps": len(steps) if steps else None,
+            "mean_accepted": sum(s.accepted for s in steps) / len(steps) if steps else None,
+            "mean_drafted": sum(s.drafted for s in steps) / len(steps) if steps else None}
+
+
+def _step_rows(base: dict, controller: str, steps) -> list[dict]:
+    return [{**base, "controller": controller, "step": s.step, "context_len": s.context_len, "budget": s.budget,
+             "drafted": s.drafted, "accepted": s.accepted, "emitted": s.emitted, "draft_ms": s.draft_ms,
+             "verify_ms": s.verify_ms, "control_ms": s.control_ms} for s in steps]
+
+
+def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: CostModel, rotate: int,
+                    live: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Replay every controller on one held-out trace, then run all but the oracle live, interleaved."""
+    trace = load_trace(trace_path)
+    base = {"compression": dec.setup.compression, "task": trace.meta["task"], "prompt_id": trace.meta["prompt_id"]}
+    runs, steps = [], []
+    for spec in (*config.baselines, *config.controllers):
+        if spec.startswith("hf-assisted"):
+            continue  # transformers' loop cannot be replayed
+        controller = Oracle(trace, cost) if spec == "oracle" else dec.make_controller(spec)
+        t0 = time.perf_counter()
+        replayed = replay(trace, controller, cost)
+        row = _run_row({**base, "mode": "replay"}, spec, len(trace.output_ids),
+                       cost.wall_s(replayed, len(trace.prompt_ids)), replayed)
+        row["replay_s"] = time.perf_counter() - t0
+        runs.append(row)
+        steps += _step_rows({**base, "mode": "replay"}, spec, replayed)
+    if live:
+        methods = [m for m in (*config.baselines, *config.controllers) if m != "oracle"]
+        methods = methods[rotate % len(methods):] + methods[: rotate % len(methods)]  # vary the order per prompt
+        for spec in methods:
+            if spec.startswith("hf-assisted"):
+                r = run_method(dec, spec, base["prompt_id"], trace.prompt_ids, config.max_new_tokens)
+                row = _run_row({**base, "mode": "live"}, spec, r.new_tokens, r.wall_s, None)
+                row["identical"] = r.token_ids == trace.output_ids
+                row["settings"] = json.dumps({**hf_assisted_settings(spec), "sklearn": is_sklearn_available()})
+                runs.append(row)
+                continue
+            result = dec.generate(trace.prompt_ids, controller=spec, max_new_tokens=config.max_new_tokens)
+            row = _run_row({**base, "mode": "live"}, spec, result.stats.new_tokens, result.stats.wall_s, result.steps)
+            row["identical"] = result.token_ids == trace.output_ids
+            runs.append(row)
+            steps += _step_rows({**base, "mode": "live"}, spec, result.steps)
+    return pd.DataFrame(runs), pd.DataFrame(steps)
+
+
+def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, progress=None) -> int:
+    """Evaluate all test prompts at the decoder's compression; returns the number of new units."""
+    level = dec.setup.compression
+    if not cost_path(dec.setup).is_file():
+        raise SpeckvError(f"no cost model for {dec.setup.slug()}; run `speckv calibrate` first")
+    cost = CostModel.load(cost_path(dec.setup))
+    for spec in config.controllers:  # fail on a missing artifact before hours of work
+        if spec != "oracle":
+            dec.make_controller(spec)
+    traces = collect(dec, config, out, "test")
+    written = 0
+    for i, path in enumerate(traces):
+        unit = out / "units" / f"{level}__{path.stem}"
+        if Path(f"{unit}.runs.parquet").is_file():
+            continue
+        runs, steps = evaluate_prompt(dec, config, path, cost, i, live)
+        _write(steps, Path(f"{unit}.steps.parquet"))
+        _write(runs, Path(f"{unit}.runs.parquet"))  # runs last: it marks the unit done
+        written += 1
+        if progress:
+            progress.advance()
+    return written
+
+
+def assemble(out: Path) -> tuple[Path, Path]:
+    """Concatenate the per-prompt units into runs.parquet and steps.parquet."""
+    paths = []
+    for kind in ("runs", "steps"):
+        files = sorted((out / "units").glob(f"*.{kind}.parquet"))
+        if not files:
+            raise SpeckvError(f"{out}: no evaluation units yet")
+        path = out / f"{kind}.parquet"
+        _write(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), path)
+        paths.append(path)
+    return tuple(paths)

@@ -1,0 +1,62 @@
+"""`speckv train`: fit the trained controllers from traces of *training* prompts.
+
+cost-aware: a logistic acceptance model over (entropy, top1, margin) on every on-path trace
+position (teacher-forced, so each is conditioned on an accepted prefix: exactly what the
+controller asks), one per compression, bundled with that setup's calibrated cost model.
+speckv: the paper's MLP-16 on step records; ours come from exact replays of fixed gamma in
+{2,4,6,8} on the same traces (real outcomes, not predictions), all compressions jointly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.neural_network import MLPRegressor
+
+from speckv.control import cost_aware, speckv_mlp
+from speckv.control.artifact import Artifact, Setup
+from speckv.control.fixed import Fixed
+from speckv.errors import SpeckvError
+from speckv.measure.cost import CostModel
+from speckv.measure.replay import replay
+from speckv.measure.trace import Trace, position_table
+
+
+def _trained_on(traces: list[Trace]) -> dict:
+    return {"prompts": sorted({t.meta.get("prompt_id", "?") for t in traces}), "traces": len(traces),
+            "positions": sum(len(t.output_ids) for t in traces)}
+
+
+def train_cost_aware(traces: list[Trace], setup: Setup, cost: CostModel, max_gamma: int = 16) -> Artifact:
+    max_gamma = min(max_gamma, *(t.depth + 1 for t in traces))  # stay replayable on these traces
+    pos = position_table(traces)
+    if pos.match.nunique() < 2:
+        raise SpeckvError("training traces need both accepted and rejected draft tokens")
+    model = LogisticRegression(max_iter=1000).fit(pos[cost_aware.FEATURES].to_numpy(float), pos.match.to_numpy(int))
+    weights = [float(model.intercept_[0]), *map(float, model.coef_[0])]
+    params = {"weights": weights, "prior": float(pos.match.mean()), "max_gamma": max_gamma,
+              "cost": cost.to_dict()}
+    return Artifact("cost-aware", setup, cost_aware.FEATURES, params, _trained_on(traces))
+
+
+def speckv_steps(traces: list[Trace], gammas=(2, 4, 6, 8)) -> np.ndarray:
+    """SpecKV's step table from exact replays: features + gamma -> acceptance rate (last column)."""
+    rows = []
+    for tr in traces:
+        code = speckv_mlp.COMPRESSION_CODE[tr.meta["compression"]]
+        for g in gammas:
+            for s in replay(tr, Fixed(g)):
+                if s.drafted:
+                    rows.append(speckv_mlp.step_features(s.signals, code) + [g, s.accepted / s.drafted])
+    return np.array(rows)
+
+
+def train_speckv(traces: list[Trace], setups: list[Setup]) -> list[Artifact]:
+    """One MLP over all compressions (the paper's joint model), saved once per setup."""
+    data = speckv_steps(traces)
+    if len(data) < 10:
+        raise SpeckvError("too few drafted steps in the training traces to fit SpecKV's MLP")
+    mlp = MLPRegressor(hidden_layer_sizes=(16,), max_iter=500, random_state=42).fit(data[:, :-1], data[:, -1])
+    params = {"hidden": mlp.coefs_[0].tolist(), "hidden_bias": mlp.intercepts_[0].tolist(),
+              "out": mlp.coefs_[1][:, 0].tolist(), "out_bias": float(mlp.intercepts_[1][0]), "gammas": [2, 4, 6, 8]}
+    return [Artifact("speckv", s, speckv_mlp.FEATURES, params, _trained_on(traces)) for s in setups]

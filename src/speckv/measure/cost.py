@@ -1,0 +1,129 @@
+"""The cost model: what drafting, verifying and the loop itself cost on this machine.
+
+Fitted by least squares (non-negative) to live step records, so it knows what a draft token
+and a verification of n tokens cost at a given context length, and the per-step loop overhead
+outside the model forwards (which grows with the output: detokenization, bookkeeping) - the two
+things a naive per-forward model misses. Predicts a policy's wall time from replayed steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.linear_model import LinearRegression
+
+from speckv.errors import SpeckvError
+from speckv.measure.records import StepRecord
+
+COST_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CalibrationRun:
+    """One live generation: its steps, wall time and prefill time."""
+
+    prompt_len: int
+    steps: list[StepRecord]
+    wall_s: float
+    prefill_ms: float
+
+
+def _nonneg_fit(x: np.ndarray, y: np.ndarray) -> list[float]:
+    return LinearRegression(positive=True, fit_intercept=False).fit(x, y).coef_.tolist()
+
+
+def _draft_x(drafted, ctx):
+    k, c = np.asarray(drafted, float), np.asarray(ctx, float) / 1000
+    return np.stack([k > 0, k, k * c], axis=-1).astype(float)
+
+
+def _verify_x(n, ctx):
+    n, c = np.asarray(n, float), np.asarray(ctx, float) / 1000
+    return np.stack([np.ones_like(n), n, c, n * c], axis=-1)
+
+
+@dataclass(frozen=True)
+class CostModel:
+    draft: tuple[float, ...]  # ms per drafting step: d0 [k>0] + d1 k + d2 k ctx/1000
+    verify: tuple[float, ...]  # ms per verification of n tokens: v0 + v1 n + v2 ctx/1000 + v3 n ctx/1000
+    overhead: tuple[float, ...]  # ms per step outside forwards: o0 + o1 produced/1000
+    prefill: tuple[float, ...]  # ms: p0 + p1 prompt_len/1000
+    meta: dict = field(default_factory=dict)  # models, compression, device, threads
+
+    def draft_ms(self, drafted: int, ctx: int) -> float:
+        return float(_draft_x([drafted], [ctx])[0] @ self.draft)
+
+    def verify_ms(self, n: int, ctx: int) -> float:
+        return float(_verify_x([n], [ctx])[0] @ self.verify)
+
+    def overhead_ms(self, produced: int) -> float:
+        return self.overhead[0] + self.overhead[1] * produced / 1000
+
+    def prefill_ms(self, prompt_len: int) -> float:
+        return self.prefill[0] + self.prefill[1] * prompt_len / 1000
+
+    def wall_s(self, steps: list[StepRecord], prompt_len: int) -> float:
+        """Predicted wall time of a run with these steps (control time as recorded)."""
+        ms = self.prefill_ms(prompt_len)
+        produced = 0
+        for s in steps:
+            ms += self.draft_ms(s.drafted, s.context_len) + self.verify_ms(s.drafted + 1, s.context_len)
+            ms += s.control_ms + self.overhead_ms(produced)
+            produced += s.emitted
+        return ms / 1000
+
+    @classmethod
+    def fit(cls, runs: list[CalibrationRun], meta: dict | None = None) -> CostModel:
+        steps = [s for r in runs for s in r.steps]
+        if len(runs) < 2 or not any(s.drafted for s in steps):
+            raise SpeckvError("calibration needs at least two runs with drafted tokens")
+        ctx = [s.context_len for s in steps]
+        drafted = [s.drafted for s in steps]
+        draft = _nonneg_fit(_draft_x(drafted, ctx), np.array([s.draft_ms for s in steps]))
+        verify = _nonneg_fit(_verify_x([d + 1 for d in drafted], ctx), np.array([s.verify_ms for s in steps]))
+        # Per run: residual = wall - prefill - forwards - control = o0 * steps + o1 * sum(produced)/1000
+        x, y = [], []
+        for r in runs:
+            produced = np.cumsum([0] + [s.emitted for s in r.steps[:-1]])
+            x.append([len(r.steps), produced.sum() / 1000])
+            y.append(r.wall_s * 1000 - r.prefill_ms - sum(s.draft_ms + s.verify_ms + s.control_ms for s in r.steps))
+        overhead = _nonneg_fit(np.array(x), np.array(y))
+        lens = np.array([r.prompt_len for r in runs], float) / 1000
+        prefill = _nonneg_fit(np.stack([np.ones_like(lens), lens], -1), np.array([r.prefill_ms for r in runs]))
+        return cls(tuple(draft), tuple(verify), tuple(overhead), tuple(prefill), dict(meta or {}))
+
+    def to_dict(self) -> dict:
+        return {"version": COST_VERSION, **asdict(self)}
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "cost model") -> CostModel:
+        if data.get("version") != COST_VERSION:
+            raise SpeckvError(f"{source}: cost model version {data.get('version')} (this speckv reads {COST_VERSION})")
+        try:
+            return cls(*(tuple(data[k]) for k in ("draft", "verify", "overhead", "prefill")), data.get("meta", {}))
+        except (KeyError, TypeError):
+            raise SpeckvError(f"{source}: malformed cost model") from None
+
+    @classmethod
+    def load(cls, path: Path) -> CostModel:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise SpeckvError(f"{path}: cannot read cost model ({type(exc).__name__})") from None
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def ratio(cls, draft_per_target: float = 0.5, target_ms: float = 200.0) -> CostModel:
+        """An uncalibrated default from the one ratio that matters (draft token vs target forward)."""
+        return cls((0.0, draft_per_target * target_ms, 0.0), (target_ms, 0.0, 0.0, 0.0), (0.0, 0.0), (0.0, 0.0),
+                   {"calibrated": False})

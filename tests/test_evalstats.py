@@ -1,0 +1,131 @@
+"""Paired bootstrap over prompts (speckv.measure.stats) and the evaluation page built on it."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from speckv.errors import SpeckvError
+from speckv.measure.stats import aggregate_tps, comparison_table, paired_ratio_ci
+from speckv.report import eval_page
+
+
+def runs_for(tps: dict[str, np.ndarray], tokens: np.ndarray, **extra) -> pd.DataFrame:
+    """One row per (controller, prompt): `tokens[i]` new tokens at `tps[controller][i]` tokens/s."""
+    return pd.DataFrame([
+        {"controller": c, "prompt_id": f"p{i}", "new_tokens": int(n), "wall_s": n / r, **extra}
+        for c, rates in tps.items() for i, (n, r) in enumerate(zip(tokens, rates))
+    ])
+
+
+def test_aggregate_tps_is_a_ratio_of_sums():
+    runs = pd.DataFrame({"new_tokens": [10, 100], "wall_s": [1.0, 100.0]})
+    assert aggregate_tps(runs) == pytest.approx(110 / 101)  # mean of ratios would be 5.5
+
+
+def test_constant_speedup_gives_that_ratio_and_a_degenerate_ci():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(5, 50, 30)
+    ci = paired_ratio_ci(runs_for({"a": 1.2 * base, "b": base}, rng.integers(20, 300, 30)), "a", "b")
+    assert ci.n_prompts == 30
+    assert abs(ci.ratio - 1.2) < 1e-9 and abs(ci.low - 1.2) < 1e-9 and abs(ci.high - 1.2) < 1e-9
+
+
+def test_noisy_speedup_ci_covers_truth_and_excludes_one():
+    rng = np.random.default_rng(2)
+    base = rng.lognormal(3, 0.5, 40)
+    runs = runs_for({"a": 1.3 * base * rng.lognormal(0, 0.1, 40), "b": base}, rng.integers(50, 400, 40))
+    ci = paired_ratio_ci(runs, "a", "b")
+    assert ci.low < 1.3 < ci.high and ci.low > 1.0 and ci.low <= ci.ratio <= ci.high
+
+
+def test_identical_throughput_gives_ratio_one():
+    rng = np.random.default_rng(3)
+    base = rng.lognormal(3, 0.5, 20)
+    ci = paired_ratio_ci(runs_for({"a": base, "b": base}, rng.integers(50, 400, 20)), "a", "b")
+    assert (ci.ratio, ci.low, ci.high) == pytest.approx((1.0, 1.0, 1.0), abs=1e-12)
+
+
+def test_pairing_removes_prompt_to_prompt_variation():
+    rng = np.random.default_rng(4)
+    base = 10 ** rng.uniform(0, 3, 40)  # prompts differ a thousandfold in speed
+    tokens = rng.integers(20, 400, 40)
+    runs = runs_for({"a": 1.1 * base, "b": base}, tokens)
+    ci = paired_ratio_ci(runs, "a", "b")
+    assert ci.ratio == pytest.approx(1.1) and ci.high - ci.low < 1e-6
+    # the same bootstrap with independent draws for a and b is wide: pairing is what makes it tight
+    a, b = runs[runs.controller == "a"], runs[runs.controller == "b"]
+    ia, ib = rng.integers(0, 40, (2000, 40)), rng.integers(0, 40, (2000, 40))
+    unpaired = (a.new_tokens.to_numpy()[ia].sum(1) / a.wall_s.to_numpy()[ia].sum(1)) / (
+        b.new_tokens.to_numpy()[ib].sum(1) / b.wall_s.to_numpy()[ib].sum(1))
+    low, high = np.quantile(unpaired, [0.025, 0.975])
+    assert high - low > 0.1
+
+
+def test_errors_for_unknown_controller_and_disjoint_prompts():
+    runs = runs_for({"a": np.ones(3), "b": np.ones(3)}, np.full(3, 10))
+    with pytest.raises(SpeckvError, match="'nope'"):
+        paired_ratio_ci(runs, "a", "nope")
+    disjoint = pd.concat([runs[runs.controller == "a"],
+                          runs[runs.controller == "b"].assign(prompt_id=lambda d: d.prompt_id + "x")])
+    with pytest.raises(SpeckvError, match="share no prompts"):
+        paired_ratio_ci(disjoint, "a", "b")
+
+
+def synthetic_runs(seed: int = 0, prompts: int = 6) -> pd.DataFrame:
+    """live and replay x two compressions x two tasks; replay lacks the baseline fixed:4."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for mode in ("live", "replay"):
+        for compression in ("bf16", "int4"):
+            for task in ("chat", "code"):
+                base = rng.lognormal(3, 0.3, prompts)
+                tps = {"fixed:4": base, "adaptive": 1.25 * base, "autoregressive": 0.6 * base}
+                if mode == "replay":
+                    del tps["fixed:4"]
+                frame = runs_for(tps, rng.integers(50, 200, prompts), mode=mode, compression=compression, task=task)
+                frames.append(frame.assign(mean_accepted=rng.uniform(0, 4, len(frame))))
+    runs = pd.concat(frames, ignore_index=True)
+    return runs.assign(tokens_per_s=runs.new_tokens / runs.wall_s, steps=runs.new_tokens // 2, mean_drafted=3.0)
+
+
+def test_comparison_table_rows_all_task_and_missing_baseline():
+    runs = synthetic_runs()
+    table = comparison_table(runs, "fixed:4", n_boot=500)
+    assert list(table.columns) == ["mode", "compression", "task", "controller", "tokens_per_s", "mean_accepted",
+                                   "speedup", "ci_low", "ci_high", "n_prompts"]
+    assert len(table) == 2 * 3 * 3 + 2 * 3 * 2  # live: 3 controllers, replay: 2; tasks chat, code, all
+    assert set(table.task) == {"all", "chat", "code"}
+    assert table.equals(table.sort_values(["mode", "compression", "task", "controller"], ignore_index=True))
+
+    row = table[(table["mode"] == "live") & (table.compression == "int4") & (table.task == "all")].set_index("controller")
+    sel = runs[(runs["mode"] == "live") & (runs.compression == "int4") & (runs.controller == "adaptive")]
+    assert row.loc["adaptive", "tokens_per_s"] == pytest.approx(aggregate_tps(sel))
+    assert row.loc["adaptive", "mean_accepted"] == pytest.approx(sel.mean_accepted.mean())
+    assert row.loc["adaptive", "n_prompts"] == 12  # same prompt ids in two tasks are distinct prompts
+    assert row.loc["adaptive", "speedup"] == pytest.approx(1.25)
+    assert row.loc["fixed:4", ["speedup", "ci_low", "ci_high"]].tolist() == [1.0, 1.0, 1.0]
+
+    replay = table[table["mode"] == "replay"]
+    assert replay[["speedup", "ci_low", "ci_high"]].isna().all().all() and replay.tokens_per_s.notna().all()
+
+
+def test_eval_page_writes_inlined_html_and_pngs(tmp_path):
+    runs = synthetic_runs(prompts=3)
+    runs.to_parquet(tmp_path / "runs.parquet")
+    steps = pd.DataFrame([
+        {**r, "step": s, "budget": 4, "drafted": (s + i) % 5, "accepted": (s + i) % 3}
+        for i, r in enumerate(runs[["mode", "controller", "compression", "task", "prompt_id"]].to_dict("records"))
+        for s in range(4)
+    ])
+    steps.to_parquet(tmp_path / "steps.parquet")
+    out = tmp_path / "page"
+    page = eval_page.build(tmp_path, out)
+    assert page == out / "eval.html" and "data:image/png;base64" in page.read_text()
+    for name in ("policy_comparison", "drafted_per_step", "speedup_ci"):
+        assert (out / f"{name}.png").stat().st_size > 0
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_eval_page_without_runs_is_refused(tmp_path):
+    with pytest.raises(SpeckvError, match="runs.parquet"):
+        eval_page.build(tmp_path)
