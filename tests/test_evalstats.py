@@ -129,3 +129,23 @@ def test_eval_page_writes_inlined_html_and_pngs(tmp_path):
 def test_eval_page_without_runs_is_refused(tmp_path):
     with pytest.raises(SpeckvError, match="runs.parquet"):
         eval_page.build(tmp_path)
+
+
+def test_validation_table_compares_replay_with_live():
+    from speckv.measure.stats import validation_table
+
+    runs = pd.DataFrame([
+        {"mode": m, "compression": "bf16", "controller": "fixed:4", "prompt_id": p, "new_tokens": 100,
+         "wall_s": w, **({"identical": True} if m == "live" else {})}
+        for m, p, w in [("live", "a", 10.0), ("live", "b", 10.0), ("replay", "a", 9.0), ("replay", "b", 11.0)]
+    ])
+    step = {"compression": "bf16", "controller": "fixed:4"}
+    steps = pd.DataFrame([
+        {**step, "mode": "live", "prompt_id": "a", "step": 0, "budget": 4, "drafted": 4, "accepted": 2},
+        {**step, "mode": "replay", "prompt_id": "a", "step": 0, "budget": 4, "drafted": 4, "accepted": 2},
+        {**step, "mode": "live", "prompt_id": "b", "step": 0, "budget": 4, "drafted": 4, "accepted": 3},
+        {**step, "mode": "replay", "prompt_id": "b", "step": 0, "budget": 4, "drafted": 4, "accepted": 1},
+    ])
+    row = validation_table(runs, steps).iloc[0]
+    assert row.steps_equal == 0.5 and row.identical_output == 1.0 and row.n_prompts == 2
+    assert row.predicted_over_live == pytest.approx(1.0)  # 200 tokens / 20 s either way

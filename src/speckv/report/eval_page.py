@@ -15,7 +15,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from speckv.errors import SpeckvError  # noqa: E402
-from speckv.measure.stats import comparison_table  # noqa: E402
+from speckv.measure.stats import comparison_table, validation_table  # noqa: E402
 from speckv.report.page import _per_compression, _save, _table  # noqa: E402
 
 RUN_COLUMNS = ("mode", "controller", "compression", "task", "prompt_id", "new_tokens", "wall_s")
@@ -101,6 +101,12 @@ def build(results_dir: Path, out: Path | None = None, baseline: str = "fixed:4")
     for mode in modes:
         shown = table[table["mode"] == mode].drop(columns="mode").set_index(["compression", "task", "controller"])
         parts.append(f"<h2>Comparison vs {html.escape(baseline)} ({html.escape(str(mode))})</h2>{_table(shown)}")
+    check = validation_table(runs, steps)
+    if not check.empty:
+        parts.append("<h2>Replay vs live</h2><p>predicted_over_live: the cost model's tokens/s on the replayed "
+                     "steps over the measured live tokens/s; steps_equal: share of prompts whose replayed (budget, "
+                     "drafted, accepted) sequence equals the live one; identical_output: live output equal to the "
+                     "target's own greedy output.</p>" + _table(check.set_index(["compression", "controller"])))
     for title, png in made:
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}' style='max-width:100%'>")
