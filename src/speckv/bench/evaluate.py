@@ -158,7 +158,9 @@ def _run_row(base: dict, controller: str, new_tokens: int, wall_s: float, steps)
     return {**base, "controller": controller, "new_tokens": new_tokens, "wall_s": wall_s,
             "tokens_per_s": new_tokens / wall_s if wall_s > 0 else float("nan"), "steps": len(steps) if steps else None,
             "mean_accepted": sum(s.accepted for s in steps) / len(steps) if steps else None,
-            "mean_drafted": sum(s.drafted for s in steps) / len(steps) if steps else None}
+            "mean_drafted": sum(s.drafted for s in steps) / len(steps) if steps else None,
+            # all controller calls of a step (budget, keep_drafting per draft, observe), in ms
+            "control_ms_per_step": sum(s.control_ms for s in steps) / len(steps) if steps else None}
 
 
 def _step_rows(base: dict, controller: str, steps) -> list[dict]:
