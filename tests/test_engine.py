@@ -99,3 +99,8 @@ def test_bad_requests_are_user_errors(tiny_pair):
 def test_controller_spec_errors(spec, msg):
     with pytest.raises(SpeckvError, match=msg):
         make_controller(spec)
+
+
+def test_prefill_time_comes_with_the_first_event_only(tiny_pair):
+    events = list(Engine(*tiny_pair).run([1, 2, 3, 4, 5], make_controller("fixed:2"), SamplingConfig(), 10))
+    assert events[0].prefill_ms > 0 and all(e.prefill_ms == 0 for e in events[1:])

@@ -49,6 +49,7 @@ class _Run:
     text: str = ""
     emitted: int = 0
     finish_reason: str = "length"
+    prefill_ms: float = 0.0
 
 
 def _check_tokenizers(target: LoadedModel, draft: LoadedModel) -> None:
@@ -114,6 +115,7 @@ class Decoder:
         run.prompt_ids = ids
         events = self.engine.run(ids, ctrl, config, max_new_tokens, self.stop_ids, self.target.max_context)
         for event in events:
+            run.prefill_ms += event.prefill_ms
             run.steps.append(event.record)
             run.token_ids += event.tokens
             if event.finished:
@@ -144,7 +146,7 @@ class Decoder:
         for _ in self._run(prompt, run, **kwargs):
             pass
         wall = time.perf_counter() - t0
-        stats = Stats.from_steps(run.steps, len(run.token_ids), wall, self.engine.prefill_ms)
+        stats = Stats.from_steps(run.steps, len(run.token_ids), wall, run.prefill_ms)
         return Result(run.text, run.prompt_ids, run.token_ids, run.steps, stats, run.finish_reason)
 
     def stream(self, prompt: str | list[int], **kwargs) -> Iterator[str]:

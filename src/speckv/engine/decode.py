@@ -27,6 +27,7 @@ class StepEvent:
     tokens: list[int]  # tokens appended this step
     record: StepRecord
     finished: str | None  # "eos", "length" or None
+    prefill_ms: float = 0.0  # prompt processing before the first step (first event only)
 
 
 def _sync_for(device: torch.device):
@@ -50,7 +51,6 @@ class Engine:
         self.vocab = _vocab(target) if draft is None else min(_vocab(target), _vocab(draft))
         self.drafter = ChainDrafter(draft, self.vocab, self.sync) if draft is not None else None
         self.acceptance = acceptance  # None: greedy or speculative sampling, by the config
-        self.prefill_ms = 0.0
 
     def _verify(self, cache: DynamicCache, feed: list[int], rows: int) -> torch.Tensor:
         input_ids = torch.tensor([feed], device=self.device)
@@ -93,7 +93,7 @@ class Engine:
             self.drafter.reset()
             self.drafter.prefill(ids)
         self.sync()
-        self.prefill_ms = (time.perf_counter() - t0) * 1000
+        prefill_ms = (time.perf_counter() - t0) * 1000
 
         produced = 0
         step = 0
@@ -139,7 +139,7 @@ class Engine:
                 accepted=verdict.accepted, emitted=len(new), signals=signals,
                 draft_ms=draft_ms, verify_ms=(t2 - t1) * 1000, control_ms=control_ms,
             )
-            yield StepEvent(new, record, finished)
+            yield StepEvent(new, record, finished, prefill_ms if step == 0 else 0.0)
             if finished:
                 return
             step += 1
