@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -30,3 +32,21 @@ def tiny_pair():
         for p in draft.parameters():
             p.add_(0.3 * torch.randn_like(p) * p.std())
     return target, draft
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run the speckv CLI in-process: returns (exit code, stdout, stderr)."""
+    from speckv.cli import main
+
+    def run(*args):
+        monkeypatch.setattr(sys, "argv", ["speckv", *args])
+        code = 0
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

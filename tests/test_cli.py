@@ -1,11 +1,9 @@
 """The CLI on SmolLM2-135M (as draft and target): JSON output and one-line errors with exit 2."""
 
 import json
-import sys
 
 import pytest
 
-from speckv.cli import main
 from speckv.models import pull
 
 SMOL = "smollm2-135m-instruct"
@@ -16,26 +14,16 @@ def smol():
     return str(pull(SMOL))
 
 
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["speckv", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
-
-def test_json_lines_and_lossless_greedy(monkeypatch, capsys, smol, tmp_path):
+def test_json_lines_and_lossless_greedy(cli, smol, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "What is 2+2?"}) + "\n" + json.dumps({"turns": ["Name three colors."]}) + "\n")
     common = ["generate", "--prompts-file", str(prompts), "--draft", SMOL, "--target", SMOL, "--dtype", "float32",
               "--max-new-tokens", "24", "--json"]
-    code, out, err = cli(monkeypatch, capsys, *common, "--controller", "fixed:4")
+    code, out, err = cli(*common, "--controller", "fixed:4")
     assert code == 0, err
     spec = [json.loads(line) for line in out.splitlines()]
-    code, out, _ = cli(monkeypatch, capsys, *common, "--controller", "autoregressive")
+    code, out, _ = cli(*common, "--controller", "autoregressive")
     base = [json.loads(line) for line in out.splitlines()]
     assert len(spec) == len(base) == 2
     for s, b in zip(spec, base):
@@ -46,8 +34,8 @@ def test_json_lines_and_lossless_greedy(monkeypatch, capsys, smol, tmp_path):
         assert b["stats"]["steps"] == b["stats"]["new_tokens"]
 
 
-def test_streaming_text(monkeypatch, capsys, smol):
-    code, out, err = cli(monkeypatch, capsys, "generate", "Say hello.", "--draft", SMOL, "--target", SMOL,
+def test_streaming_text(cli, smol):
+    code, out, err = cli("generate", "Say hello.", "--draft", SMOL, "--target", SMOL,
                          "--max-new-tokens", "8", "--temperature", "0.7", "--seed", "1")
     assert code == 0, err
     assert out.strip()
@@ -66,29 +54,29 @@ def test_streaming_text(monkeypatch, capsys, smol):
     (["models", "pull", "no-such-model"], "unknown model"),
     (["models", "path", "/nonexistent/dir"], "unknown model"),
 ])
-def test_bad_input_is_one_line_exit_2(monkeypatch, capsys, args, message):
-    code, out, err = cli(monkeypatch, capsys, *args)
+def test_bad_input_is_one_line_exit_2(cli, args, message):
+    code, out, err = cli(*args)
     assert code == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
 
-def test_malformed_jsonl_names_file_and_line(monkeypatch, capsys, tmp_path):
+def test_malformed_jsonl_names_file_and_line(cli, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\n{"prompt": \n')
-    code, _, err = cli(monkeypatch, capsys, "generate", "--prompts-file", str(bad))
+    code, _, err = cli("generate", "--prompts-file", str(bad))
     assert code == 2 and f"{bad}:2:" in err
     bad.write_text('{"other": 1}\n')
-    code, _, err = cli(monkeypatch, capsys, "generate", "--prompts-file", str(bad))
+    code, _, err = cli("generate", "--prompts-file", str(bad))
     assert code == 2 and f"{bad}:1:" in err
 
 
-def test_prompt_longer_than_context(monkeypatch, capsys, smol):
-    code, _, err = cli(monkeypatch, capsys, "generate", "word " * 9000, "--raw", "--target", SMOL,
+def test_prompt_longer_than_context(cli, smol):
+    code, _, err = cli("generate", "word " * 9000, "--raw", "--target", SMOL,
                        "--controller", "autoregressive")
     assert code == 2 and "context" in err
 
 
-def test_directory_without_config_is_refused(monkeypatch, capsys, tmp_path):
-    code, _, err = cli(monkeypatch, capsys, "models", "path", str(tmp_path))
+def test_directory_without_config_is_refused(cli, tmp_path):
+    code, _, err = cli("models", "path", str(tmp_path))
     assert code == 2 and "no config.json" in err

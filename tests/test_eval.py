@@ -2,27 +2,14 @@
 train, eval; artifacts refused for another setup; the prompt split never leaks."""
 
 import json
-import sys
 
 import pandas as pd
-import pytest
 
 import speckv.control.artifact as artifact
-from speckv.cli import main
 from speckv.data.tasks import split
 
 SMOL = "smollm2-135m-instruct"
 
-
-def cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["speckv", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_split_is_by_prompt_and_deterministic():
@@ -33,28 +20,28 @@ def test_split_is_by_prompt_and_deterministic():
         assert [p.id for p in split(task, 6, 4, seed=0)[1]] == [p.id for p in test]
 
 
-def test_pipeline(monkeypatch, capsys, tmp_path):
+def test_pipeline(cli, monkeypatch, tmp_path):
     monkeypatch.setattr(artifact, "cache_home", lambda: tmp_path / "cache")
     out = tmp_path / "eval"
-    code, _, err = cli(monkeypatch, capsys, "trace", "--out", str(out), "--tasks", "code,chat", "--compression", "bf16",
+    code, _, err = cli("trace", "--out", str(out), "--tasks", "code,chat", "--compression", "bf16",
                        "--draft-compression", "nf4", "--train-per-task", "2", "--test-per-task", "1",
                        "--max-new-tokens", "16", "--depth", "7", "--draft", SMOL, "--target", SMOL)
     assert code == 0, err
     assert len(list((out / "traces" / "train" / "bf16").glob("*.parquet"))) == 4
     assert len(list((out / "traces" / "test" / "bf16").glob("*.parquet"))) == 2
 
-    code, _, err = cli(monkeypatch, capsys, "eval", "--out", str(out), "--controllers", "cost-aware")
+    code, _, err = cli("eval", "--out", str(out), "--controllers", "cost-aware")
     assert code == 2 and "speckv calibrate" in err  # no cost model yet: refused before any work
 
-    code, text, err = cli(monkeypatch, capsys, "calibrate", "--out", str(out), "--prompts", "2")
+    code, text, err = cli("calibrate", "--out", str(out), "--prompts", "2")
     assert code == 0, err
     assert "fit error per run" in text
-    code, text, err = cli(monkeypatch, capsys, "train", "--out", str(out))
+    code, text, err = cli("train", "--out", str(out))
     assert code == 0, err
     arts = sorted(p.name for p in (out / "controllers").glob("*.json"))
     assert len(arts) == 2 and arts[0].startswith("cost-aware") and arts[1].startswith("speckv")
 
-    code, text, err = cli(monkeypatch, capsys, "eval", "--out", str(out), "--controllers",
+    code, text, err = cli("eval", "--out", str(out), "--controllers",
                           "fixed:2,p-min:6,speckv,cost-aware,oracle", "--baselines", "autoregressive,hf-assisted:2")
     assert code == 0, err
     runs = pd.read_parquet(out / "runs.parquet")
@@ -68,7 +55,7 @@ def test_pipeline(monkeypatch, capsys, tmp_path):
 
     # an artifact trained for one setup is refused for another
     other = tmp_path / "other"
-    code, _, err = cli(monkeypatch, capsys, "generate", "hi", "--draft", SMOL, "--target", SMOL, "--compression", "fp32",
+    code, _, err = cli("generate", "hi", "--draft", SMOL, "--target", SMOL, "--compression", "fp32",
                        "--controller", f"cost-aware:{out / 'controllers' / arts[0]}", "--max-new-tokens", "2")
     assert code == 2 and "trained for another setup" in err and "compression bf16 != fp32" in err
     assert not other.exists()

@@ -3,7 +3,6 @@
 import importlib.util
 from pathlib import Path
 
-import pytest
 
 from speckv.models import model_path, pull
 from speckv.models.provision import MANIFEST, is_complete

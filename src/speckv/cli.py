@@ -274,6 +274,16 @@ def _csv_list(text: str, kind=str) -> tuple:
     return items
 
 
+def _task_list(text: str) -> tuple[str, ...]:
+    from speckv.data.tasks import TASKS
+
+    tasks = _csv_list(text)
+    for t in tasks:
+        if t not in TASKS:
+            raise SpeckvError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    return tasks
+
+
 @app.command()
 def profile(
     out: Annotated[Path, typer.Option(help="output directory (resumable)")],
@@ -292,14 +302,10 @@ def profile(
     force: Annotated[bool, typer.Option("--force", help="write into a directory holding another setup's records")] = False,
 ) -> None:
     """Measure acceptance, signals and wall-clock costs per compression x task x gamma (Parquet)."""
-    from speckv.data.tasks import TASKS
     from speckv.measure.profile import ProfileConfig, run_profile
     from speckv.models.compress import Compression
 
-    task_list = _csv_list(tasks)
-    for t in task_list:
-        if t not in TASKS:
-            raise SpeckvError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    task_list = _task_list(tasks)
     levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
     if prompts_per_task < 1 or max_new_tokens < 1:
         raise SpeckvError("--prompts-per-task and --max-new-tokens must be positive")
@@ -361,14 +367,10 @@ def trace(
     from dataclasses import asdict
 
     from speckv.bench.evaluate import EvalConfig, Session, collect
-    from speckv.data.tasks import TASKS
     from speckv.measure.profile import claim_dir
     from speckv.models.compress import Compression
 
-    task_list = _csv_list(tasks)
-    for t in task_list:
-        if t not in TASKS:
-            raise SpeckvError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    task_list = _task_list(tasks)
     if split not in ("train", "test", "both"):
         raise SpeckvError(f"--split must be train, test or both (got {split!r})")
     if min(train_per_task, test_per_task, max_new_tokens, depth) < 1:

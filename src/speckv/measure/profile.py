@@ -110,7 +110,6 @@ def claim_dir(out: Path, name: str, config: dict, keys: tuple[str, ...], force: 
 
 def run_profile(config: ProfileConfig, out: Path, force: bool = False, csv: bool = False, progress=None) -> int:
     """Profile every (compression, task prompt, gamma); returns the number of new units written."""
-    import speckv
     from speckv.api import Decoder
     from speckv.control import make_controller
     from speckv.data.tasks import select

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from speckv.errors import SpeckvError  # noqa: E402
-from speckv.measure.stats import comparison_table, validation_table  # noqa: E402
-from speckv.report.page import _per_compression, _save, _table  # noqa: E402
+from speckv.errors import SpeckvError
+from speckv.measure.stats import comparison_table, validation_table
+from speckv.report.page import _per_compression, _save, _table, write_page  # sets matplotlib's Agg backend
 
 RUN_COLUMNS = ("mode", "controller", "compression", "task", "prompt_id", "new_tokens", "wall_s")
 STEP_COLUMNS = ("mode", "controller", "compression", "drafted")
@@ -107,12 +101,4 @@ def build(results_dir: Path, out: Path | None = None, baseline: str = "fixed:4")
                      "steps over the measured live tokens/s; steps_equal: share of prompts whose replayed (budget, "
                      "drafted, accepted) sequence equals the live one; identical_output: live output equal to the "
                      "target's own greedy output.</p>" + _table(check.set_index(["compression", "controller"])))
-    for title, png in made:
-        data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}' style='max-width:100%'>")
-    parts.append("</body></html>")
-    page = out / "eval.html"
-    tmp = out / ".eval.html.tmp"
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, page)
-    return page
+    return write_page(out / "eval.html", parts, made)

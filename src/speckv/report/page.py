@@ -88,6 +88,18 @@ def figures(steps: pd.DataFrame, runs: pd.DataFrame, tokens: pd.DataFrame, out: 
     return made
 
 
+def write_page(page: Path, parts: list[str], figures: list[tuple[str, Path]]) -> Path:
+    """Finish an HTML page with its figures inlined (self-contained) and write it atomically."""
+    for title, png in figures:
+        data = base64.b64encode(png.read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}' style='max-width:100%'>")
+    parts.append("</body></html>")
+    tmp = page.with_name(f".{page.name}.tmp")
+    tmp.write_text("\n".join(parts), encoding="utf-8")
+    os.replace(tmp, page)
+    return page
+
+
 def _table(df: pd.DataFrame) -> str:
     return df.to_html(float_format=lambda v: f"{v:.3f}", border=0, classes="t")
 
@@ -122,12 +134,4 @@ def build(records: Path, out: Path, speckv_reference: Path | None = None) -> Pat
     ]
     for title, body in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>{body}")
-    for title, png in made:
-        data = base64.b64encode(png.read_bytes()).decode()
-        parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}' style='max-width:100%'>")
-    parts.append("</body></html>")
-    page = out / "report.html"
-    tmp = out / ".report.html.tmp"
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, page)
-    return page
+    return write_page(out / "report.html", parts, made)
