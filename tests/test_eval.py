@@ -59,3 +59,13 @@ def test_pipeline(cli, monkeypatch, tmp_path):
                        "--controller", f"cost-aware:{out / 'controllers' / arts[0]}", "--max-new-tokens", "2")
     assert code == 2 and "trained for another setup" in err and "compression bf16 != fp32" in err
     assert not other.exists()
+
+
+def test_trace_adds_compression_levels_to_a_directory(cli, tmp_path):
+    common = ["trace", "--out", str(tmp_path), "--tasks", "chat", "--train-per-task", "1", "--test-per-task", "1",
+              "--max-new-tokens", "3", "--depth", "2", "--draft", SMOL, "--target", SMOL]
+    assert cli(*common, "--compression", "bf16")[0] == 0
+    assert cli(*common, "--compression", "fp32")[0] == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["compressions"] == ["bf16", "fp32"]
+    code, _, err = cli(*common[:-4], "--max-new-tokens", "5", "--draft", SMOL, "--target", SMOL)
+    assert code == 2 and "max_new_tokens: 3 != 5" in err  # another setup: refused

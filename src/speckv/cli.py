@@ -376,7 +376,9 @@ def trace(
     if min(train_per_task, test_per_task, max_new_tokens, depth) < 1:
         raise SpeckvError("--train-per-task, --test-per-task, --max-new-tokens and --depth must be positive")
     levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
-    config = EvalConfig(task_list, levels, train_per_task=train_per_task, test_per_task=test_per_task,
+    known = out / "eval.json"
+    stored = json.loads(known.read_text()).get("compressions", []) if known.is_file() and not force else []
+    config = EvalConfig(task_list, tuple(dict.fromkeys([*stored, *levels])), train_per_task=train_per_task, test_per_task=test_per_task,
                         max_new_tokens=max_new_tokens, seed=seed, depth=depth, target=target, draft=draft,
                         draft_compression=Compression.parse(draft_compression).level, device=device)
     parts = ("train", "test") if split == "both" else (split,)

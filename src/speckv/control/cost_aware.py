@@ -2,13 +2,15 @@
 
 Per drafted token, a logistic model of the draft's signals (trained per pair x compression on
 traces) gives p = P(accepted | earlier drafts accepted); S, the probability that every draft so
-far survives, is the running product. Stopping now makes the step worth E = 1 + sum(S) tokens in
-T ms (cost model: drafts + one verification + loop overhead); one more draft adds about S*p
-tokens for one draft token plus one more verified row. Keep drafting while that marginal rate
-beats the step's average rate E/T: the stopping rule that maximizes expected tokens per second,
-not tokens per step. Before a step it checks, at the request's running acceptance rate, whether
-any chain length beats a plain target step, and drafts nothing if not (an NF4 target faster than
-its draft). Online: a per-request bias on the logit follows the observed acceptances.
+far survives, is the running product. One more draft adds about S*p expected tokens (p of the
+current token stands in for the next one's) for c ms: one draft token plus one more verified
+row (cost model). Maximizing long-run tokens per second is a renewal-reward problem, so by
+Dinkelbach's argument a step should keep drafting while S*p > R*c, where R is the achievable
+rate; R is tracked per request as the ratio of moving averages of tokens and ms per step
+(online adaptation), starting from the rate the prior acceptance would give. Before a step it
+checks, at the request's running acceptance rate, whether any chain length beats a plain target
+step, and drafts nothing if not (an NF4 target faster than its draft). Online, a per-request bias
+on the logit follows the observed acceptances.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class CostAware(Controller):
     def start(self, request: RequestInfo) -> None:
         self.ctx, self.produced = request.prompt_len, 0
         self.bias, self.alpha = 0.0, self.acceptance.prior
+        self.avg_tokens = self.avg_ms = None  # moving averages per step: the running rate R
 
     def _step_costs(self) -> None:
         """Per-step constants at the current context: one draft token, one verified row, the rest."""
@@ -57,34 +60,43 @@ class CostAware(Controller):
         self.per_row = c.verify[1] + c.verify[3] * ctx
         self.fixed = c.draft[0] + c.verify[0] + c.verify[2] * ctx + self.per_row + self.cost.overhead_ms(self.produced)
 
-    def _drafting_pays(self) -> bool:
+    def _best_chain_rate(self) -> tuple[float, float]:
+        """(best chain tokens/ms at the running acceptance rate, plain target step tokens/ms)."""
         plain = 1 / (self.fixed - self.cost.draft[0])
-        a, tokens, survive = self.alpha, 1.0, 1.0
+        a, tokens, survive, best = self.alpha, 1.0, 1.0, 0.0
         for k in range(1, self.max_gamma + 1):
             survive *= a
             tokens += survive
-            if tokens / (self.fixed + k * (self.per_draft + self.per_row)) > plain:
-                return True
-        return False
+            best = max(best, tokens / (self.fixed + k * (self.per_draft + self.per_row)))
+        return best, plain
 
     def budget(self) -> int:
         self._step_costs()
-        if not self._drafting_pays():
+        chain, plain = self._best_chain_rate()
+        if self.avg_ms is None:  # a pseudo-step at the prior's rate seeds the moving averages
+            self.avg_ms = self.fixed + 4 * (self.per_draft + self.per_row)
+            self.avg_tokens = max(chain, plain) * self.avg_ms
+        if chain <= plain:
             self.alpha += 0.1 * (self.acceptance.prior - self.alpha)  # drift back: probe again later
             return 0
-        self.survive, self.tokens = 1.0, 1.0
+        self.survive = 1.0
+        self.threshold = self.avg_tokens / self.avg_ms * (self.per_draft + self.per_row)
         return self.max_gamma
 
     def keep_drafting(self, signals: TokenSignals, drafted: int) -> bool:
         p = _sigmoid(self.acceptance.logit(signals) + self.bias)
         self.survive *= p
-        self.tokens += self.survive
-        step_ms = self.fixed + drafted * (self.per_draft + self.per_row)
-        return self.survive * p * step_ms > self.tokens * (self.per_draft + self.per_row)
+        return self.survive * p > self.threshold
 
     def observe(self, outcome: StepOutcome) -> None:
-        self.ctx += outcome.accepted + 1
-        self.produced += outcome.accepted + 1
+        emitted = outcome.accepted + 1
+        step_ms = self.fixed + outcome.drafted * (self.per_draft + self.per_row)
+        if not outcome.budget:
+            step_ms -= self.cost.draft[0]
+        self.avg_tokens = 0.8 * self.avg_tokens + 0.2 * emitted
+        self.avg_ms = 0.8 * self.avg_ms + 0.2 * step_ms
+        self.ctx += emitted
+        self.produced += emitted
         seen = outcome.signals[: outcome.accepted + 1]  # accepted drafts, then the first rejected one
         for i, s in enumerate(seen):
             y = 1.0 if i < outcome.accepted else 0.0
