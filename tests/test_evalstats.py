@@ -149,3 +149,22 @@ def test_validation_table_compares_replay_with_live():
     row = validation_table(runs, steps).iloc[0]
     assert row.steps_equal == 0.5 and row.identical_output == 1.0 and row.n_prompts == 2
     assert row.predicted_over_live == pytest.approx(1.0)  # 200 tokens / 20 s either way
+
+
+def test_headline_compares_live_focus_with_live_baselines_and_replayed_oracle():
+    from speckv.measure.stats import headline
+
+    rows = []
+    for p in range(6):
+        rows += [{"mode": "live", "compression": "bf16", "controller": "cost-aware", "prompt_id": str(p),
+                  "new_tokens": 120, "wall_s": 10.0},
+                 {"mode": "live", "compression": "bf16", "controller": "fixed:4", "prompt_id": str(p),
+                  "new_tokens": 100, "wall_s": 10.0},
+                 {"mode": "replay", "compression": "bf16", "controller": "oracle", "prompt_id": str(p),
+                  "new_tokens": 150, "wall_s": 10.0},
+                 {"mode": "replay", "compression": "bf16", "controller": "cost-aware", "prompt_id": str(p),
+                  "new_tokens": 999, "wall_s": 1.0}]  # replayed rows of the focus must not leak in
+    table = headline(pd.DataFrame(rows)).set_index("versus")
+    assert set(table.index) == {"fixed:4", "oracle (replay)"}
+    assert table.loc["fixed:4", "ratio"] == pytest.approx(1.2)
+    assert table.loc["oracle (replay)", "ratio"] == pytest.approx(0.8)

@@ -468,7 +468,15 @@ def eval_(
             del dec
     finally:
         bar.stop()
-    assemble(out)
+    runs_path, steps_path = assemble(out)
+    import pandas as pd
+
+    from speckv.measure.stats import headline, validation_table
+
+    runs, steps = pd.read_parquet(runs_path), pd.read_parquet(steps_path)
+    for title, table in (("cost-aware (live) vs", headline(runs)), ("replay vs live", validation_table(runs, steps))):
+        if not table.empty:
+            typer.echo(f"{title}:\n{table.round(3).to_string(index=False)}")
     typer.echo(str(build(out)))
 
 

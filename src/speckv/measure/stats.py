@@ -114,3 +114,23 @@ def validation_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
                      "identical_output": float(g.identical.mean()) if "identical" in g else float("nan"),
                      "n_prompts": len(g)})
     return pd.DataFrame(rows)
+
+
+def headline(runs: pd.DataFrame, focus: str = "cost-aware",
+             versus: Sequence[str] = ("fixed:4", "hf-assisted", "speckv", "autoregressive")) -> pd.DataFrame:
+    """The acceptance figures per compression: `focus` live tokens/s over each live baseline (paired
+    CI over prompts), and over the oracle's *replayed* tokens/s (the pair's physical limit)."""
+    rows = []
+    for comp, g in runs.groupby("compression"):
+        live = g[g["mode"] == "live"]
+        oracle = g[(g["mode"] == "replay") & (g["controller"] == "oracle")].assign(controller="oracle (replay)")
+        pool = pd.concat([live, oracle])
+        if focus not in set(live["controller"]):
+            continue
+        for other in (*versus, "oracle (replay)"):
+            if other not in set(pool["controller"]):
+                continue
+            ci = paired_ratio_ci(pool, focus, other)
+            rows.append({"compression": comp, "controller": focus, "versus": other, "ratio": ci.ratio,
+                         "ci_low": ci.low, "ci_high": ci.high, "n_prompts": ci.n_prompts})
+    return pd.DataFrame(rows)

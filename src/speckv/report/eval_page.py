@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from speckv.errors import SpeckvError
-from speckv.measure.stats import comparison_table, validation_table
+from speckv.measure.stats import comparison_table, headline, validation_table
 from speckv.report.page import _per_compression, _save, _table, write_page  # sets matplotlib's Agg backend
 
 RUN_COLUMNS = ("mode", "controller", "compression", "task", "prompt_id", "new_tokens", "wall_s")
@@ -95,6 +95,11 @@ def build(results_dir: Path, out: Path | None = None, baseline: str = "fixed:4")
     for mode in modes:
         shown = table[table["mode"] == mode].drop(columns="mode").set_index(["compression", "task", "controller"])
         parts.append(f"<h2>Comparison vs {html.escape(baseline)} ({html.escape(str(mode))})</h2>{_table(shown)}")
+    top = headline(runs)
+    if not top.empty:
+        parts.append("<h2>cost-aware (live) against the baselines</h2><p>ratio of aggregate tokens/s on shared "
+                     "prompts with a paired-bootstrap 95% CI; the oracle row is against its replayed tokens/s.</p>"
+                     + _table(top.set_index(["compression", "versus"])))
     check = validation_table(runs, steps)
     if not check.empty:
         parts.append("<h2>Replay vs live</h2><p>predicted_over_live: the cost model's tokens/s on the replayed "
