@@ -120,3 +120,28 @@ def test_cost_model_recovers_known_costs():
     assert cost.overhead == pytest.approx((2.0, 3.0), rel=1e-3, abs=1e-3)
     for r in runs:
         assert cost.wall_s(r.steps, r.prompt_len) == pytest.approx(r.wall_s, rel=1e-6)
+
+
+def test_trained_controllers_are_lossless_and_replay_exactly(tiny_pair, traces, tmp_path):
+    """Every controller kind, trained on some traces, run live on others: output is the target's
+    greedy output, and replay reproduces the live steps."""
+    from speckv.control import Setup, cost_aware_from, speckv_from
+    from speckv.control.artifact import load_artifact
+    from speckv.control.train import train_cost_aware, train_speckv
+
+    for tr in traces:
+        tr.meta.update(compression="fp32", prompt_id=str(id(tr)))
+    setup = Setup("tiny-target", "tiny-draft", "fp32")
+    cost = CostModel((1.0, 20.0, 0.0), (100.0, 2.0, 0.0, 0.0), (0.5, 0.0), (10.0, 0.0))
+    train, test = traces[:5], traces[5:]
+    arts = [train_cost_aware(train, setup, cost), *train_speckv(train, [setup])]
+    for art in arts:  # through the file format, as the CLI would load them
+        art.save(tmp_path / f"{art.kind}.json")
+    controllers = [lambda: cost_aware_from(load_artifact(tmp_path / "cost-aware.json", "cost-aware", arts[0].features, setup)),
+                   lambda: speckv_from(load_artifact(tmp_path / "speckv.json", "speckv", arts[1].features, setup))]
+    engine = Engine(*tiny_pair)
+    for tr in test:
+        for make in controllers:
+            live = list(engine.run(tr.prompt_ids, make(), SamplingConfig(), 30, tr.stop_ids))
+            assert [t for e in live for t in e.tokens] == tr.output_ids
+            assert shape(replay(tr, make())) == shape([e.record for e in live])
