@@ -30,6 +30,7 @@ def _trained_on(traces: list[Trace]) -> dict:
 def train_cost_aware(traces: list[Trace], setup: Setup, cost: CostModel, max_gamma: int = 16) -> Artifact:
     max_gamma = min(max_gamma, *(t.depth + 1 for t in traces))  # stay replayable on these traces
     pos = position_table(traces)
+    pos["log1m_top1"] = pos.top1.map(cost_aware.log1m)
     if pos.match.nunique() < 2:
         raise SpeckvError("training traces need both accepted and rejected draft tokens")
     model = LogisticRegression(max_iter=1000).fit(pos[cost_aware.FEATURES].to_numpy(float), pos.match.to_numpy(int))
