@@ -9,7 +9,7 @@ import torch
 from transformers import DynamicCache
 
 from speckv.control.base import Controller
-from speckv.engine.kv import crop_to
+from speckv.engine.kv import cached_logits, crop_to
 from speckv.engine.sampling import SamplingConfig
 from speckv.measure.records import TokenSignals
 
@@ -23,14 +23,19 @@ class Draft:
     control_ms: float = 0.0
 
 
-def token_signals(logits: torch.Tensor) -> TokenSignals:
-    """Entropy, top-1 probability and top-1 - top-2 margin of one row of logits."""
+def batch_signals(logits: torch.Tensor) -> list[TokenSignals]:
+    """Entropy, top-1 probability and top-1 - top-2 margin of each row of logits."""
     logp = torch.log_softmax(logits, dim=-1)
     p = logp.exp()
-    entropy = -(p * logp).sum()
-    top = p.topk(2).values
-    stats = torch.stack([entropy, top[0], top[0] - top[1]]).tolist()
-    return TokenSignals(*stats)
+    entropy = -(p * logp).sum(-1)
+    top = p.topk(2, dim=-1).values
+    rows = torch.stack([entropy, top[:, 0], top[:, 0] - top[:, 1]], dim=-1).tolist()
+    return [TokenSignals(*r) for r in rows]
+
+
+def token_signals(logits: torch.Tensor) -> TokenSignals:
+    """batch_signals() of one row."""
+    return batch_signals(logits[None])[0]
 
 
 class ChainDrafter:
@@ -40,16 +45,13 @@ class ChainDrafter:
         self.model = model
         self.vocab = vocab
         self.sync = sync
-        self.device = model.device
         self.cache = DynamicCache(config=model.config)
 
     def reset(self) -> None:
         self.cache = DynamicCache(config=self.model.config)
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
-        input_ids = torch.tensor([tokens], device=self.device)
-        out = self.model(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=1)
-        return out.logits[0, -1, : self.vocab].float()
+        return cached_logits(self.model, self.cache, tokens, 1, self.vocab)[0]
 
     def prefill(self, ids: list[int]) -> None:
         if len(ids) > 1:

@@ -16,7 +16,7 @@ from transformers import DynamicCache
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.drafting.chain import ChainDrafter
-from speckv.engine.kv import crop_to
+from speckv.engine.kv import cached_logits, crop_to
 from speckv.engine.sampling import SamplingConfig, accept_greedy, accept_speculative
 from speckv.errors import SpeckvError
 from speckv.measure.records import StepRecord
@@ -53,9 +53,7 @@ class Engine:
         self.acceptance = acceptance  # None: greedy or speculative sampling, by the config
 
     def _verify(self, cache: DynamicCache, feed: list[int], rows: int) -> torch.Tensor:
-        input_ids = torch.tensor([feed], device=self.device)
-        out = self.target(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=rows)
-        return out.logits[0, -rows:, : self.vocab].float()
+        return cached_logits(self.target, cache, feed, rows, self.vocab)
 
     @torch.inference_mode()
     def run(

@@ -24,7 +24,8 @@ from transformers import DynamicCache
 
 from speckv.control.fixed import Autoregressive
 from speckv.engine.decode import Engine
-from speckv.engine.kv import crop_to
+from speckv.drafting.chain import batch_signals
+from speckv.engine.kv import cached_logits, crop_to
 from speckv.errors import SpeckvError
 from speckv.measure.records import TokenSignals
 
@@ -56,22 +57,6 @@ class Trace:
         return [d == t for d, t in zip(self.draft_tokens, self.output_ids)]
 
 
-def batch_signals(logits: torch.Tensor) -> list[TokenSignals]:
-    """token_signals() for many rows at once (same arithmetic, vectorized)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    p = logp.exp()
-    entropy = -(p * logp).sum(-1)
-    top = p.topk(2, dim=-1).values
-    rows = torch.stack([entropy, top[:, 0], top[:, 0] - top[:, 1]], dim=-1).tolist()
-    return [TokenSignals(*r) for r in rows]
-
-
-def _logits(model, cache, tokens: list[int], rows: int, vocab: int) -> torch.Tensor:
-    input_ids = torch.tensor([tokens], device=model.device)
-    out = model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=rows)
-    return out.logits[0, -rows:, :vocab].float()
-
-
 @torch.inference_mode()
 def collect_trace(
     target: torch.nn.Module,
@@ -94,8 +79,8 @@ def collect_trace(
     # holds ids[:start + i - 1]; feeding up to position start + i - 1 yields the row predicting output[i].
     cache = DynamicCache(config=draft.config)
     if start > 1:
-        _logits(draft, cache, ids[: start - 1], 1, vocab)
-    rows = _logits(draft, cache, ids[start - 1 : start + n - 1], n, vocab)
+        cached_logits(draft, cache, ids[: start - 1], 1, vocab)
+    rows = cached_logits(draft, cache, ids[start - 1 : start + n - 1], n, vocab)
     draft_tokens = rows.argmax(-1).tolist()
     signals = batch_signals(rows)
 
@@ -110,10 +95,10 @@ def collect_trace(
         if have > start + i:
             crop_to(cache, start + i)
         elif have < start + i:
-            _logits(draft, cache, ids[have : start + i], 1, vocab)
+            cached_logits(draft, cache, ids[have : start + i], 1, vocab)
         token = d
         while len(branch.tokens) < depth and token not in stop_ids:
-            row = _logits(draft, cache, [token], 1, vocab)
+            row = cached_logits(draft, cache, [token], 1, vocab)
             token = int(row[0].argmax())
             branch.tokens.append(token)
             branch.signals.append(batch_signals(row)[0])
