@@ -366,7 +366,7 @@ def trace(
     """Collect greedy traces (target output + teacher-forced draft signals) for exact replay."""
     from dataclasses import asdict
 
-    from speckv.bench.evaluate import EvalConfig, Session, collect
+    from speckv.bench.evaluate import EvalConfig, Session, collect, trace_path
     from speckv.measure.profile import claim_dir
     from speckv.models.compress import Compression
 
@@ -384,7 +384,7 @@ def trace(
     parts = ("train", "test") if split == "both" else (split,)
     todo = [(lvl, part, p) for lvl in levels for part in parts for _, p in config.prompts(part)]
     claim_dir(out, "eval.json", asdict(config), EVAL_KEYS, force)
-    done = sum((out / "traces" / part / lvl / (p.id.replace("/", "_") + ".parquet")).is_file() for lvl, part, p in todo)
+    done = sum(trace_path(out, part, lvl, p.id).is_file() for lvl, part, p in todo)
     bar = _Bar("tracing")
     bar.start(len(todo), done)
     try:
@@ -457,9 +457,9 @@ def eval_(
             precheck(name)
     config = _eval_config(out, compression, controllers=names, baselines=_csv_list(baselines))
     total = len(config.compressions) * len(config.prompts("test"))
-    done = len(list((out / "units").glob("*.runs.parquet"))) if (out / "units").is_dir() else 0
+    done = sum(len(list((out / "units").glob(f"{level}__*.runs.parquet"))) for level in config.compressions)
     bar = _Bar("evaluating")
-    bar.start(total, min(done, total))
+    bar.start(total, done)
     try:
         session = Session(config)
         for level in config.compressions:

@@ -12,7 +12,6 @@ Prompts are split by prompt (data.tasks.split): training never sees a test promp
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from speckv.data.prompts import Prompt
 from speckv.data.tasks import TASKS, split
 from speckv.errors import SpeckvError
 from speckv.measure.cost import CalibrationRun, CostModel
+from speckv.measure.profile import write_parquet
 from speckv.measure.replay import replay
 from speckv.measure.trace import collect_trace, load_trace, load_traces, save_trace
 
@@ -65,15 +65,8 @@ class EvalConfig:
         return [(t, p) for t in self.tasks for p in split(t, self.train_per_task, self.test_per_task, self.seed)[index]]
 
 
-def _file(name: str) -> str:
-    return name.replace("/", "_") + ".parquet"
-
-
-def _write(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+def trace_path(out: Path, part: str, level: str, prompt_id: str) -> Path:
+    return out / "traces" / part / level / (prompt_id.replace("/", "_") + ".parquet")
 
 
 class Session:
@@ -96,7 +89,7 @@ def collect(dec: Decoder, config: EvalConfig, out: Path, part: str, progress=Non
     level = dec.setup.compression
     paths = []
     for task, prompt in config.prompts(part):
-        path = out / "traces" / part / level / _file(prompt.id)
+        path = trace_path(out, part, level, prompt.id)
         paths.append(path)
         if path.is_file():
             continue
@@ -221,8 +214,8 @@ def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, pro
         if Path(f"{unit}.runs.parquet").is_file():
             continue
         runs, steps = evaluate_prompt(dec, config, path, cost, i, live)
-        _write(steps, Path(f"{unit}.steps.parquet"))
-        _write(runs, Path(f"{unit}.runs.parquet"))  # runs last: it marks the unit done
+        write_parquet(steps, Path(f"{unit}.steps.parquet"))
+        write_parquet(runs, Path(f"{unit}.runs.parquet"))  # runs last: it marks the unit done
         written += 1
         if progress:
             progress.advance()
@@ -237,6 +230,6 @@ def assemble(out: Path) -> tuple[Path, Path]:
         if not files:
             raise SpeckvError(f"{out}: no evaluation units yet")
         path = out / f"{kind}.parquet"
-        _write(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), path)
+        write_parquet(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), path)
         paths.append(path)
     return tuple(paths)

@@ -81,7 +81,9 @@ def step_rows(steps, *, meta: dict) -> list[dict]:
     return rows
 
 
-def _write_parquet(df: pd.DataFrame, path: Path) -> None:
+def write_parquet(df: pd.DataFrame, path: Path) -> None:
+    """Atomically: a reader (or a resumed run) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
@@ -153,8 +155,8 @@ def run_profile(config: ProfileConfig, out: Path, force: bool = False, csv: bool
                                     "mean_accepted": s.mean_accepted, "steps": s.steps, "prefill_ms": s.prefill_ms,
                                     "finish_reason": result.finish_reason})
             name = unit_name(level, prompt.id)
-            _write_parquet(pd.DataFrame(step_frames), out / "steps" / name)
-            _write_parquet(pd.DataFrame(run_records), out / "runs" / name)  # runs/ last: it marks the unit done
+            write_parquet(pd.DataFrame(step_frames), out / "steps" / name)
+            write_parquet(pd.DataFrame(run_records), out / "runs" / name)  # runs/ last: it marks the unit done
             written += 1
             if progress:
                 progress.advance()
