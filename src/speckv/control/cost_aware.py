@@ -56,20 +56,22 @@ class CostAware(Controller):
         self.max_gamma, self.lr, self.name = max_gamma, lr, name
 
     def start(self, request: RequestInfo) -> None:
-        self.ctx, self.produced = request.prompt_len, 0
+        self.prompt_len, self.produced = request.prompt_len, 0
         self.bias, self.alpha = 0.0, self.acceptance.prior
         self.avg_tokens = self.avg_ms = None  # moving averages per step: the running rate R
 
     def _step_costs(self) -> None:
-        """Per-step constants at the current context: one draft token, one verified row, the rest."""
-        c, ctx = self.cost, self.ctx / 1000
-        self.per_draft = c.draft[1] + c.draft[2] * ctx
-        self.per_row = c.verify[1] + c.verify[3] * ctx
-        self.fixed = c.draft[0] + c.verify[0] + c.verify[2] * ctx + self.per_row + self.cost.overhead_ms(self.produced)
+        """Per-step costs at the current context, from the cost model: a plain target step, and
+        what a chain adds: a fixed drafting cost plus, per draft, one draft token and one verified row."""
+        c, ctx = self.cost, self.prompt_len + self.produced
+        self.plain = c.verify_ms(1, ctx) + c.overhead_ms(self.produced)
+        self.per_draft = c.draft_ms(2, ctx) - c.draft_ms(1, ctx)
+        self.per_row = c.verify_ms(2, ctx) - c.verify_ms(1, ctx)
+        self.fixed = self.plain + c.draft_ms(1, ctx) - self.per_draft  # a chain's time without its drafts
 
     def _best_chain_rate(self) -> tuple[float, float]:
         """(best chain tokens/ms at the running acceptance rate, plain target step tokens/ms)."""
-        plain = 1 / (self.fixed - self.cost.draft[0])
+        plain = 1 / self.plain
         a, tokens, survive, best = self.alpha, 1.0, 1.0, 0.0
         for k in range(1, self.max_gamma + 1):
             survive *= a
@@ -97,12 +99,9 @@ class CostAware(Controller):
 
     def observe(self, outcome: StepOutcome) -> None:
         emitted = outcome.accepted + 1
-        step_ms = self.fixed + outcome.drafted * (self.per_draft + self.per_row)
-        if not outcome.budget:
-            step_ms -= self.cost.draft[0]
+        step_ms = self.fixed + outcome.drafted * (self.per_draft + self.per_row) if outcome.budget else self.plain
         self.avg_tokens = 0.8 * self.avg_tokens + 0.2 * emitted
         self.avg_ms = 0.8 * self.avg_ms + 0.2 * step_ms
-        self.ctx += emitted
         self.produced += emitted
         seen = outcome.signals[: outcome.accepted + 1]  # accepted drafts, then the first rejected one
         for i, s in enumerate(seen):

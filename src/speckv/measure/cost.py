@@ -36,14 +36,18 @@ def _nonneg_fit(x: np.ndarray, y: np.ndarray) -> list[float]:
     return LinearRegression(positive=True, fit_intercept=False).fit(x, y).coef_.tolist()
 
 
-def _draft_x(drafted, ctx):
-    k, c = np.asarray(drafted, float), np.asarray(ctx, float) / 1000
-    return np.stack([k > 0, k, k * c], axis=-1).astype(float)
+# The model's terms, written once: scalar features for prediction (plain floats: the oracle and the
+# cost-aware controller call these per step), stacked into design matrices for fitting.
+def _draft_x(drafted: int, ctx: int) -> tuple[float, float, float]:
+    return (float(drafted > 0), float(drafted), drafted * ctx / 1000)
 
 
-def _verify_x(n, ctx):
-    n, c = np.asarray(n, float), np.asarray(ctx, float) / 1000
-    return np.stack([np.ones_like(n), n, c, n * c], axis=-1)
+def _verify_x(n: int, ctx: int) -> tuple[float, float, float, float]:
+    return (1.0, float(n), ctx / 1000, n * ctx / 1000)
+
+
+def _dot(x: tuple[float, ...], w: tuple[float, ...]) -> float:
+    return sum(a * b for a, b in zip(x, w))
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,10 @@ class CostModel:
     meta: dict = field(default_factory=dict)  # models, compression, device, threads
 
     def draft_ms(self, drafted: int, ctx: int) -> float:
-        return float(_draft_x([drafted], [ctx])[0] @ self.draft)
+        return _dot(_draft_x(drafted, ctx), self.draft)
 
     def verify_ms(self, n: int, ctx: int) -> float:
-        return float(_verify_x([n], [ctx])[0] @ self.verify)
+        return _dot(_verify_x(n, ctx), self.verify)
 
     def overhead_ms(self, produced: int) -> float:
         return self.overhead[0] + self.overhead[1] * produced / 1000
@@ -81,10 +85,10 @@ class CostModel:
         steps = [s for r in runs for s in r.steps]
         if len(runs) < 2 or not any(s.drafted for s in steps):
             raise SpeckvError("calibration needs at least two runs with drafted tokens")
-        ctx = [s.context_len for s in steps]
-        drafted = [s.drafted for s in steps]
-        draft = _nonneg_fit(_draft_x(drafted, ctx), np.array([s.draft_ms for s in steps]))
-        verify = _nonneg_fit(_verify_x([d + 1 for d in drafted], ctx), np.array([s.verify_ms for s in steps]))
+        draft = _nonneg_fit(np.array([_draft_x(s.drafted, s.context_len) for s in steps]),
+                            np.array([s.draft_ms for s in steps]))
+        verify = _nonneg_fit(np.array([_verify_x(s.drafted + 1, s.context_len) for s in steps]),
+                             np.array([s.verify_ms for s in steps]))
         # Per run: residual = wall - prefill - forwards - control = o0 * steps + o1 * sum(produced)/1000
         x, y = [], []
         for r in runs:
