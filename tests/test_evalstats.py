@@ -132,7 +132,7 @@ def test_eval_page_without_runs_is_refused(tmp_path):
 
 
 def test_validation_table_compares_replay_with_live():
-    from speckv.measure.stats import validation_table
+    from speckv.measure.validate import validation_table
 
     runs = pd.DataFrame([
         {"mode": m, "compression": "bf16", "controller": "fixed:4", "prompt_id": p, "new_tokens": 100,
@@ -168,3 +168,40 @@ def test_headline_compares_live_focus_with_live_baselines_and_replayed_oracle():
     assert set(table.index) == {"fixed:4", "oracle (replay)"}
     assert table.loc["fixed:4", "ratio"] == pytest.approx(1.2)
     assert table.loc["oracle (replay)", "ratio"] == pytest.approx(0.8)
+
+
+def test_session_cost_refit_predicts_held_out_prompts_where_a_stale_calibration_does_not():
+    """Live runs timed by a known cost model; the model from `calibrate` is 25% too fast (the machine
+    slowed down since). The leave-one-prompt-out refit recovers the live speed; the stale one does not."""
+    from speckv.measure.cost import CostModel
+    from speckv.measure.validate import session_cost_table
+
+    true = CostModel((5.0, 60.0, 40.0), (150.0, 4.0, 20.0, 1.0), (0.5, 2.0), (300.0, 500.0))
+    stale = CostModel(*(tuple(v * 0.8 for v in terms) for terms in (true.draft, true.verify, true.overhead, true.prefill)))
+    rng = np.random.default_rng(0)
+    runs, steps = [], []
+    for p in range(5):
+        prompt_len = 200 + 40 * p
+        for controller, k_max in (("fixed:4", 4), ("cost-aware", 8), ("autoregressive", 0)):
+            ctx, produced, wall, recs = prompt_len, 0, true.prefill_ms(prompt_len), []
+            while produced < 64:
+                k = int(rng.integers(0, k_max + 1)) if k_max else 0
+                acc = int(rng.integers(0, k + 1))
+                rec = {"step": len(recs), "context_len": ctx, "budget": k, "drafted": k, "accepted": acc,
+                       "emitted": acc + 1, "draft_ms": true.draft_ms(k, ctx), "verify_ms": true.verify_ms(k + 1, ctx),
+                       "control_ms": 0.01}
+                wall += rec["draft_ms"] + rec["verify_ms"] + rec["control_ms"] + true.overhead_ms(produced)
+                produced += acc + 1
+                ctx += acc + 1
+                recs.append(rec)
+            base = {"compression": "bf16", "controller": controller, "prompt_id": str(p), "task": "code"}
+            for mode in ("live", "replay"):
+                steps += [{**base, "mode": mode, **r} for r in recs]
+                runs.append({**base, "mode": mode, "new_tokens": produced, "wall_s": wall / 1000,
+                             "prefill_ms": true.prefill_ms(prompt_len) if mode == "live" else np.nan})
+    table = session_cost_table(pd.DataFrame(runs), pd.DataFrame(steps), {"bf16": stale}).set_index("controller")
+    assert set(table.index) == {"fixed:4", "cost-aware", "autoregressive"}
+    assert (table["n_prompts"] == 5).all()
+    assert table["refit_over_live"].to_numpy() == pytest.approx(1.0, rel=1e-6)
+    assert table["refit_live_steps"].to_numpy() == pytest.approx(1.0, rel=1e-6)
+    assert (table["calibrated_over_live"] > 1.2).all()  # 20% cheaper costs -> 25% more tokens/s predicted

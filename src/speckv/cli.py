@@ -471,10 +471,13 @@ def eval_(
     runs_path, steps_path = assemble(out)
     import pandas as pd
 
-    from speckv.measure.stats import headline, validation_table
+    from speckv.measure.stats import headline
+    from speckv.measure.validate import session_cost_table, validation_table
+    from speckv.report.eval_page import calibrated_models
 
     runs, steps = pd.read_parquet(runs_path), pd.read_parquet(steps_path)
-    for title, table in (("cost-aware (live) vs", headline(runs)), ("replay vs live", validation_table(runs, steps))):
+    for title, table in (("cost-aware (live) vs", headline(runs)), ("replay vs live", validation_table(runs, steps)),
+                         ("cost model vs live", session_cost_table(runs, steps, calibrated_models(out)))):
         if not table.empty:
             typer.echo(f"{title}:\n{table.round(3).to_string(index=False)}")
     typer.echo(str(build(out)))

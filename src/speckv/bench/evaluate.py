@@ -193,6 +193,7 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
             result = dec.generate(trace.prompt_ids, controller=spec, max_new_tokens=config.max_new_tokens)
             row = _run_row({**base, "mode": "live"}, spec, result.stats.new_tokens, result.stats.wall_s, result.steps)
             row["identical"] = result.token_ids == trace.output_ids
+            row["prefill_ms"] = result.stats.prefill_ms  # lets the cost model be refit on these runs
             runs.append(row)
             steps += _step_rows({**base, "mode": "live"}, spec, result.steps)
     return pd.DataFrame(runs), pd.DataFrame(steps)

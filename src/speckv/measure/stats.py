@@ -91,31 +91,6 @@ def comparison_table(runs: pd.DataFrame, baseline: str, by: Sequence[str] = ("mo
     return table.sort_values([*keys, "controller"], kind="stable", ignore_index=True)
 
 
-def validation_table(runs: pd.DataFrame, steps: pd.DataFrame) -> pd.DataFrame:
-    """How far replay can be trusted, per compression x controller: the cost model's predicted
-    tokens/s over the live one, and the share of prompts whose replayed steps (budget, drafted,
-    accepted) equal the live ones (exact in fp32; bf16/int8/nf4 batched rounding may differ)."""
-    key = ["compression", "controller", "prompt_id"]
-    live, rep = runs[runs["mode"] == "live"], runs[runs["mode"] == "replay"]
-    both = live.merge(rep.drop(columns="identical", errors="ignore"), on=key, suffixes=("_live", "_replay"))
-    if both.empty:
-        return pd.DataFrame()
-    shape = (steps.sort_values("step").groupby(["mode", *key])[["budget", "drafted", "accepted"]]
-             .apply(lambda g: tuple(map(tuple, g.to_numpy()))))
-    same = [shape.get(("live", *k)) == shape.get(("replay", *k)) for k in both[key].itertuples(index=False)]
-    both = both.assign(steps_equal=same)
-    rows = []
-    for (comp, ctrl), g in both.groupby(["compression", "controller"]):
-        live_tps = g.new_tokens_live.sum() / g.wall_s_live.sum()
-        pred_tps = g.new_tokens_replay.sum() / g.wall_s_replay.sum()
-        rows.append({"compression": comp, "controller": ctrl, "live_tokens_per_s": live_tps,
-                     "predicted_tokens_per_s": pred_tps, "predicted_over_live": pred_tps / live_tps,
-                     "steps_equal": float(g.steps_equal.mean()),
-                     "identical_output": float(g.identical.mean()) if "identical" in g else float("nan"),
-                     "n_prompts": len(g)})
-    return pd.DataFrame(rows)
-
-
 def headline(runs: pd.DataFrame, focus: str = "cost-aware",
              versus: Sequence[str] = ("fixed:4", "hf-assisted", "speckv", "autoregressive")) -> pd.DataFrame:
     """The acceptance figures per compression: `focus` live tokens/s over each live baseline (paired

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 
 from speckv.errors import SpeckvError
-from speckv.measure.stats import comparison_table, headline, validation_table
+from speckv.measure.stats import comparison_table, headline
+from speckv.measure.cost import CostModel
+from speckv.measure.validate import session_cost_table, validation_table
 from speckv.report.page import _per_compression, _save, _table, write_page  # sets matplotlib's Agg backend
 
 RUN_COLUMNS = ("mode", "controller", "compression", "task", "prompt_id", "new_tokens", "wall_s")
@@ -106,4 +108,17 @@ def build(results_dir: Path, out: Path | None = None, baseline: str = "fixed:4")
                      "steps over the measured live tokens/s; steps_equal: share of prompts whose replayed (budget, "
                      "drafted, accepted) sequence equals the live one; identical_output: live output equal to the "
                      "target's own greedy output.</p>" + _table(check.set_index(["compression", "controller"])))
+    session = session_cost_table(runs, steps, calibrated_models(results_dir))
+    if not session.empty:
+        parts.append("<h2>Cost model vs live</h2><p>Predicted over live tokens/s on the replayed steps: "
+                     "<i>calibrated</i> uses the model fitted by <code>speckv calibrate</code> before the evaluation; "
+                     "<i>refit</i> refits it on this evaluation's live runs leaving the predicted prompt out "
+                     "(same machine conditions, out of sample in the prompt); <i>refit_live_steps</i> applies the "
+                     "refit to the live steps (cost error without replay's step differences).</p>"
+                     + _table(session.set_index(["compression", "controller"])))
     return write_page(out / "eval.html", parts, made)
+
+
+def calibrated_models(results_dir: Path) -> dict[str, CostModel]:
+    """The cost models `speckv eval` copied under results_dir/cost/, by compression."""
+    return {p.stem: CostModel.load(p) for p in sorted((results_dir / "cost").glob("*.json"))}
