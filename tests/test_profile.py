@@ -73,8 +73,12 @@ def test_report_writes_figures_and_page(tmp_path):
     from speckv.report.page import build
 
     run_profile(CONFIG, tmp_path)
-    page = build(tmp_path, tmp_path / "report")
-    assert page.is_file() and "best fixed gamma" in page.read_text()
+    reference = tmp_path / "ref" / "phase2_step_results.csv"
+    reference.parent.mkdir()
+    reference.with_name("phase2_optimal_gamma.csv").write_text("compression,task,optimal_gamma,best_tps\nfp16,chat,6,61.5\n")
+    page = build(tmp_path, tmp_path / "report", reference)
+    text = page.read_text()
+    assert "best fixed gamma" in text and "speckv_best_gamma" in text and "target_1_tokens" in text
     pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
     assert {"tokens_per_s_vs_gamma.png", "acceptance_heatmaps.png", "best_gamma_shift.png", "costs.png"} <= pngs
 

@@ -69,3 +69,22 @@ def costs(steps: pd.DataFrame) -> pd.DataFrame:
     })
     out["draft_token_over_target_forward"] = out.draft_ms_per_token / out.verify_ms_target_alone
     return out
+
+
+def verify_latency(steps: pd.DataFrame) -> pd.DataFrame:
+    """Median ms of one target forward by the number of tokens it verified (drafted + 1), per compression,
+    and the draft's median ms per token: every level's per-forward latencies."""
+    table = steps.assign(tokens=steps.drafted + 1).pivot_table(
+        index="compression", columns="tokens", values="verify_ms", aggfunc="median")
+    table.columns = [f"target_{n}_tokens" for n in table.columns]
+    spec = steps[steps.drafted > 0]
+    table["draft_per_token"] = (spec.draft_ms / spec.drafted).groupby(spec.compression).median()
+    return table
+
+
+def best_gamma_beside(ours: pd.DataFrame, theirs: pd.DataFrame) -> pd.DataFrame:
+    """Our best gamma per compression x task beside SpecKV's published one (their fp16 row beside our bf16:
+    both are the uncompressed 16-bit target; their tokens/s are from an RTX 3090 with Llama 3.2 1B/3B)."""
+    theirs = theirs.assign(compression=theirs.compression.replace({"fp16": "bf16"})).rename(
+        columns={"optimal_gamma": "speckv_best_gamma", "best_tps": "speckv_tokens_per_s"})
+    return ours.merge(theirs, on=["compression", "task"], how="left")

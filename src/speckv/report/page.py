@@ -117,11 +117,16 @@ def build(records: Path, out: Path, speckv_reference: Path | None = None) -> Pat
         theirs = pd.read_csv(speckv_reference)
         signal["SpecKV data, same computation"] = analysis.step_correlations(theirs)
     auc = tokens.groupby("compression").apply(analysis.token_auc, include_groups=False) if not tokens.empty else pd.DataFrame()
+    best = analysis.best_gamma(runs)
+    published = speckv_reference.with_name("phase2_optimal_gamma.csv") if speckv_reference else None
+    if published and published.is_file():
+        best = analysis.best_gamma_beside(best, pd.read_csv(published))
     sections = [
-        ("Wall-clock best fixed gamma per compression x task", _table(analysis.best_gamma(runs))),
+        ("Wall-clock best fixed gamma per compression x task (SpecKV's published best beside it)", _table(best)),
         ("Draft signals vs acceptance: step-level correlation, ours beside SpecKV's", _table(signal)),
         ("Per-token ROC AUC of each signal for acceptance (tokens up to the first rejection)", _table(auc)),
         ("Measured costs (median ms)", _table(analysis.costs(steps))),
+        ("Per-forward latency (median ms) by tokens verified, and per draft token", _table(analysis.verify_latency(steps))),
     ]
     meta = runs.iloc[0]
     parts = [
