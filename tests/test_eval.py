@@ -51,7 +51,8 @@ def test_pipeline(cli, monkeypatch, tmp_path):
     assert len(runs.prompt_id.unique()) == 2 and (runs.new_tokens > 0).all()
     train_ids = set(json.loads((out / "controllers" / arts[0]).read_text())["trained_on"]["prompts"])
     assert train_ids and not train_ids & set(runs.prompt_id)  # held out
-    assert (out / "eval.html").is_file()
+    assert "cost model vs live" in text and "refit_over_live" in text  # in-session cost-model check
+    assert "Cost model vs live" in (out / "eval.html").read_text()
 
     # an artifact trained for one setup is refused for another
     other = tmp_path / "other"
