@@ -72,13 +72,11 @@ def costs(steps: pd.DataFrame) -> pd.DataFrame:
 
 
 def verify_latency(steps: pd.DataFrame) -> pd.DataFrame:
-    """Median ms of one target forward by the number of tokens it verified (drafted + 1), per compression,
-    and the draft's median ms per token: every level's per-forward latencies."""
+    """Median ms of one target forward by the number of tokens it verified (drafted + 1), per compression:
+    every level's per-forward latencies (the draft's ms per token is in costs())."""
     table = steps.assign(tokens=steps.drafted + 1).pivot_table(
         index="compression", columns="tokens", values="verify_ms", aggfunc="median")
     table.columns = [f"target_{n}_tokens" for n in table.columns]
-    spec = steps[steps.drafted > 0]
-    table["draft_per_token"] = (spec.draft_ms / spec.drafted).groupby(spec.compression).median()
     return table
 
 

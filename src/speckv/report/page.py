@@ -126,7 +126,7 @@ def build(records: Path, out: Path, speckv_reference: Path | None = None) -> Pat
         ("Draft signals vs acceptance: step-level correlation, ours beside SpecKV's", _table(signal)),
         ("Per-token ROC AUC of each signal for acceptance (tokens up to the first rejection)", _table(auc)),
         ("Measured costs (median ms)", _table(analysis.costs(steps))),
-        ("Per-forward latency (median ms) by tokens verified, and per draft token", _table(analysis.verify_latency(steps))),
+        ("Target forward latency (median ms) by tokens verified", _table(analysis.verify_latency(steps))),
     ]
     meta = runs.iloc[0]
     parts = [
