@@ -61,3 +61,11 @@ def test_int8_target_speculates(smol_levels):
     spec = dec.generate("List three prime numbers.", controller="fixed:4", max_new_tokens=24)
     assert spec.stats.new_tokens == 24 or spec.finish_reason == "eos"
     assert spec.stats.mean_accepted > 0
+
+
+def test_int8_matmuls_do_not_log_per_call(smol_levels, caplog):
+    """bitsandbytes logs a cast warning on every 8-bit matmul; a run must not flood the log with it."""
+    dec = Decoder(smol_levels["int8"], None)
+    with caplog.at_level("WARNING"):
+        dec.generate("Hi.", controller="autoregressive", max_new_tokens=4)
+    assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()]
