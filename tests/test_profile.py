@@ -76,9 +76,11 @@ def test_report_writes_figures_and_page(tmp_path):
     reference = tmp_path / "ref" / "phase2_step_results.csv"
     reference.parent.mkdir()
     reference.with_name("phase2_optimal_gamma.csv").write_text("compression,task,optimal_gamma,best_tps\nfp16,chat,6,61.5\n")
+    reference.with_name("paper_numbers.json").write_text('{"feature_importance": {"min_draft_confidence": 0.3}}')
     page = build(tmp_path, tmp_path / "report", reference)
     text = page.read_text()
     assert "best fixed gamma" in text and "speckv_best_gamma" in text and "target_1_tokens" in text
+    assert "SpecKV published feature importance" in text and "0.300" in text
     pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
     assert {"tokens_per_s_vs_gamma.png", "acceptance_heatmaps.png", "best_gamma_shift.png", "costs.png"} <= pngs
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 from pathlib import Path
 
@@ -116,6 +117,9 @@ def build(records: Path, out: Path, speckv_reference: Path | None = None) -> Pat
     if speckv_reference and speckv_reference.is_file():
         theirs = pd.read_csv(speckv_reference)
         signal["SpecKV data, same computation"] = analysis.step_correlations(theirs)
+    numbers = speckv_reference.with_name("paper_numbers.json") if speckv_reference else None
+    if numbers and numbers.is_file():  # the paper's own ranking of the same signals
+        signal["SpecKV published feature importance"] = pd.Series(json.loads(numbers.read_text())["feature_importance"])
     auc = tokens.groupby("compression").apply(analysis.token_auc, include_groups=False) if not tokens.empty else pd.DataFrame()
     best = analysis.best_gamma(runs)
     published = speckv_reference.with_name("phase2_optimal_gamma.csv") if speckv_reference else None
