@@ -70,3 +70,28 @@ def test_trace_adds_compression_levels_to_a_directory(cli, tmp_path):
     assert json.loads((tmp_path / "eval.json").read_text())["compressions"] == ["bf16", "fp32"]
     code, _, err = cli(*common[:-4], "--max-new-tokens", "5", "--draft", SMOL, "--target", SMOL)
     assert code == 2 and "max_new_tokens: 3 != 5" in err  # another setup: refused
+
+
+def test_train_writes_only_the_named_levels(cli, monkeypatch, tmp_path):
+    """Adding a level to a finished evaluation retrains that level's artifacts only, while SpecKV's
+    joint MLP still learns from every traced level."""
+    monkeypatch.setattr(artifact, "cache_home", lambda: tmp_path / "cache")
+    out = tmp_path / "eval"
+    common = ["trace", "--out", str(out), "--tasks", "chat", "--train-per-task", "2", "--test-per-task", "1",
+              "--max-new-tokens", "8", "--depth", "4", "--draft", SMOL, "--target", SMOL]
+    assert cli(*common, "--compression", "bf16")[0] == 0
+    assert cli(*common, "--compression", "fp32")[0] == 0
+    code, _, err = cli("calibrate", "--out", str(out), "--compression", "fp32", "--prompts", "1")
+    assert code == 0, err
+
+    code, _, err = cli("train", "--out", str(out))
+    assert code == 2 and "no cost model" in err and "bf16" in err  # default: every level of the directory
+    code, _, err = cli("train", "--out", str(out), "--compression", "fp32")
+    assert code == 0, err
+    arts = {p.name.split("--")[0]: json.loads(p.read_text()) for p in (out / "controllers").glob("*.json")}
+    assert set(arts) == {"cost-aware", "speckv"}
+    assert all(a["setup"]["compression"] == "fp32" for a in arts.values())
+    assert arts["cost-aware"]["trained_on"]["traces"] == 2  # its own level only
+    assert arts["speckv"]["trained_on"]["traces"] == 4  # both traced levels
+    code, _, err = cli("train", "--out", str(out), "--compression", "int8")
+    assert code == 2 and "not int8" in err

@@ -429,11 +429,17 @@ def calibrate(
 
 
 @app.command()
-def train(out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace + calibrate)")]) -> None:
-    """Train cost-aware and SpecKV's MLP on the training traces; artifacts go to the cache."""
+def train(
+    out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace + calibrate)")],
+    compression: Annotated[Optional[str], typer.Option(help="write artifacts for these levels only")] = None,
+) -> None:
+    """Train cost-aware and SpecKV's MLP on the training traces; artifacts go to the cache.
+
+    SpecKV's MLP always learns from every traced level (its compression feature needs them);
+    --compression limits which levels' artifacts are (re)written."""
     from speckv.bench.evaluate import train as fit
 
-    for path in fit(_eval_config(out), out):
+    for path in fit(_eval_config(out), out, _eval_config(out, compression).compressions):
         typer.echo(str(path))
 
 

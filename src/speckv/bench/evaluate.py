@@ -129,19 +129,23 @@ def save_cost(cost: CostModel, dec: Decoder, out: Path | None) -> Path:
     return cost_path(dec.setup)
 
 
-def train(config: EvalConfig, out: Path) -> list[Path]:
-    """Train cost-aware (per compression) and SpecKV's MLP (joint) on the training traces."""
-    setups = {level: config.setup(level) for level in config.compressions}
-    traces = {level: load_traces(out / "traces" / "train" / level) for level in setups}
+def train(config: EvalConfig, out: Path, levels: tuple[str, ...] | None = None) -> list[Path]:
+    """Train cost-aware for `levels` (default: every level of the directory) and SpecKV's MLP on the
+    training traces of every traced level (the paper's joint model), saved for `levels` only: the
+    artifacts of other levels stay as they were, so their finished evaluations stay reproducible."""
+    levels = levels or config.compressions
+    traced = [lvl for lvl in config.compressions if any((out / "traces" / "train" / lvl).glob("*.parquet"))]
+    traces = {level: load_traces(out / "traces" / "train" / level) for level in dict.fromkeys([*traced, *levels])}
     written = []
-    for level, setup in setups.items():
+    for level in levels:
+        setup = config.setup(level)
         if not cost_path(setup).is_file():
             raise SpeckvError(f"no cost model for {setup.slug()}; run `speckv calibrate` first")
         art = train_cost_aware(traces[level], setup, CostModel.load(cost_path(setup)))
         written.append(art.save(default_path("cost-aware", setup)))
         art.save(out / "controllers" / default_path("cost-aware", setup).name)
     everything = [t for ts in traces.values() for t in ts]
-    for art in train_speckv(everything, list(setups.values())):
+    for art in train_speckv(everything, [config.setup(level) for level in levels]):
         written.append(art.save(default_path("speckv", art.setup)))
         art.save(out / "controllers" / default_path("speckv", art.setup).name)
     return written
