@@ -14,6 +14,7 @@ import io
 import json
 import os
 import time
+from importlib import metadata
 from pathlib import Path
 
 import torch
@@ -97,7 +98,14 @@ def main() -> None:
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {"target": args.target, "threads": torch.get_num_threads(), "torch": torch.__version__, "rows": rows}
+    versions = {}
+    for package in ("bitsandbytes", "torchao"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    result = {"target": args.target, "threads": torch.get_num_threads(), "torch": torch.__version__, **versions,
+              "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(result, indent=1))
