@@ -2,6 +2,7 @@
 train, eval; artifacts refused for another setup; the prompt split never leaks."""
 
 import json
+import shutil
 
 import pandas as pd
 
@@ -53,6 +54,13 @@ def test_pipeline(cli, monkeypatch, tmp_path):
     assert train_ids and not train_ids & set(runs.prompt_id)  # held out
     assert "cost model vs live" in text and "refit_over_live" in text  # in-session cost-model check
     assert "Cost model vs live" in (out / "eval.html").read_text()
+
+    # a finished evaluation re-reports on a machine without its cost model and artifacts in the cache
+    shutil.rmtree(tmp_path / "cache")
+    code, text, err = cli("eval", "--out", str(out), "--controllers", "fixed:2,p-min:6,speckv,cost-aware,oracle",
+                          "--baselines", "autoregressive,hf-assisted:2")
+    assert code == 0, err
+    assert "cost model vs live" in text and len(pd.read_parquet(out / "runs.parquet")) == len(runs)
 
     # an artifact trained for one setup is refused for another
     other = tmp_path / "other"

@@ -206,6 +206,9 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
 def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, progress=None) -> int:
     """Evaluate all test prompts at the decoder's compression; returns the number of new units."""
     level = dec.setup.compression
+    done = {path.stem for path in (out / "units").glob(f"{level}__*.runs.parquet")}
+    if all(f"{level}__{trace_path(out, 'test', level, p.id).stem}.runs" in done for _, p in config.prompts("test")):
+        return 0  # finished: re-reporting needs neither the cost model nor the trained controllers
     if not cost_path(dec.setup).is_file():
         raise SpeckvError(f"no cost model for {dec.setup.slug()}; run `speckv calibrate` first")
     cost = CostModel.load(cost_path(dec.setup))
@@ -216,7 +219,7 @@ def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, pro
     written = 0
     for i, path in enumerate(traces):
         unit = out / "units" / f"{level}__{path.stem}"
-        if Path(f"{unit}.runs.parquet").is_file():
+        if f"{unit.name}.runs" in done:
             continue
         runs, steps = evaluate_prompt(dec, config, path, cost, i, live)
         write_parquet(steps, Path(f"{unit}.steps.parquet"))
