@@ -69,6 +69,11 @@ def trace_path(out: Path, part: str, level: str, prompt_id: str) -> Path:
     return out / "traces" / part / level / (prompt_id.replace("/", "_") + ".parquet")
 
 
+def unit_path(out: Path, level: str, prompt_id: str, kind: str) -> Path:
+    """One held-out prompt's results at one level; kind is "runs" or "steps" (runs marks it done)."""
+    return out / "units" / f"{level}__{trace_path(out, 'test', level, prompt_id).stem}.{kind}.parquet"
+
+
 class Session:
     """A loaded pair at one target compression (the draft is loaded once and shared)."""
 
@@ -206,8 +211,8 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
 def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, progress=None) -> int:
     """Evaluate all test prompts at the decoder's compression; returns the number of new units."""
     level = dec.setup.compression
-    done = {path.stem for path in (out / "units").glob(f"{level}__*.runs.parquet")}
-    if all(f"{level}__{trace_path(out, 'test', level, p.id).stem}.runs" in done for _, p in config.prompts("test")):
+    test_ids = [p.id for _, p in config.prompts("test")]
+    if all(unit_path(out, level, pid, "runs").is_file() for pid in test_ids):
         return 0  # finished: re-reporting needs neither the cost model nor the trained controllers
     if not cost_path(dec.setup).is_file():
         raise SpeckvError(f"no cost model for {dec.setup.slug()}; run `speckv calibrate` first")
@@ -215,15 +220,14 @@ def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, pro
     for spec in config.controllers:  # fail on a missing artifact before hours of work
         if spec != "oracle":
             dec.make_controller(spec)
-    traces = collect(dec, config, out, "test")
+    traces = collect(dec, config, out, "test")  # in the order of test_ids
     written = 0
-    for i, path in enumerate(traces):
-        unit = out / "units" / f"{level}__{path.stem}"
-        if f"{unit.name}.runs" in done:
+    for i, (pid, path) in enumerate(zip(test_ids, traces)):
+        if unit_path(out, level, pid, "runs").is_file():
             continue
         runs, steps = evaluate_prompt(dec, config, path, cost, i, live)
-        write_parquet(steps, Path(f"{unit}.steps.parquet"))
-        write_parquet(runs, Path(f"{unit}.runs.parquet"))  # runs last: it marks the unit done
+        write_parquet(steps, unit_path(out, level, pid, "steps"))
+        write_parquet(runs, unit_path(out, level, pid, "runs"))  # runs last: it marks the unit done
         written += 1
         if progress:
             progress.advance()
