@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from speckv.control import make_controller
+from speckv.control import Controller, make_controller
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 
@@ -104,3 +104,46 @@ def test_controller_spec_errors(spec, msg):
 def test_prefill_time_comes_with_the_first_event_only(tiny_pair):
     events = list(Engine(*tiny_pair).run([1, 2, 3, 4, 5], make_controller("fixed:2"), SamplingConfig(), 10))
     assert events[0].prefill_ms > 0 and all(e.prefill_ms == 0 for e in events[1:])
+
+
+class LateStarter(Controller):
+    """Plain target steps first, then fixed-length drafts: the draft must catch up on the context."""
+
+    def __init__(self, plain_steps: int, gamma: int):
+        self.plain_steps, self.gamma = plain_steps, gamma
+
+    def start(self, request):
+        self.steps = 0
+
+    def budget(self):
+        self.steps += 1
+        return self.gamma if self.steps > self.plain_steps else 0
+
+
+def _draft_calls(draft):
+    calls = []
+    return calls, draft.register_forward_hook(lambda *_: calls.append(1))
+
+
+@pytest.mark.parametrize("plain_steps", [0, 1, 5])
+def test_the_draft_reads_the_prompt_only_when_it_drafts(tiny_pair, plain_steps):
+    target, draft = tiny_pair
+    calls, hook = _draft_calls(draft)
+    try:
+        events = list(Engine(target, draft).run([3, 1, 4, 1, 5], LateStarter(plain_steps, 3), SamplingConfig(), 30))
+    finally:
+        hook.remove()
+    assert [t for e in events for t in e.tokens] == reference(target, [3, 1, 4, 1, 5], 30)
+    assert all(e.record.drafted == 0 for e in events[:plain_steps]) and events[plain_steps].record.drafted > 0
+    assert len(calls) == sum(e.record.drafted for e in events) + (plain_steps == 0)  # + the prompt's prefill
+
+
+def test_a_controller_that_never_drafts_never_runs_the_draft(tiny_pair):
+    target, draft = tiny_pair
+    calls, hook = _draft_calls(draft)
+    try:
+        events = list(Engine(target, draft).run([3, 1, 4, 1, 5], LateStarter(100, 3), SamplingConfig(), 20))
+    finally:
+        hook.remove()
+    assert [t for e in events for t in e.tokens] == reference(target, [3, 1, 4, 1, 5], 20)
+    assert calls == []

@@ -87,11 +87,10 @@ class Engine:
         t0 = time.perf_counter()
         if len(ids) > 1:
             self._verify(cache, ids[:-1], 1)
-        if controller.uses_draft:
-            self.drafter.reset()
-            self.drafter.prefill(ids)
         self.sync()
         prefill_ms = (time.perf_counter() - t0) * 1000
+        if controller.uses_draft:
+            self.drafter.reset()
 
         produced = 0
         step = 0
@@ -102,6 +101,11 @@ class Engine:
             control_ms = (time.perf_counter() - t0) * 1000
             drafted, draft_probs, signals, draft_ms = [], None, [], 0.0
             if budget:
+                if step == 0:  # the draft reads the prompt only for a controller that drafts at once:
+                    t1 = time.perf_counter()  # one that starts with plain steps may never pay for it
+                    self.drafter.prefill(ids)
+                    self.sync()
+                    prefill_ms += (time.perf_counter() - t1) * 1000
                 d = self.drafter.propose(ids, budget, controller, config, generator, stop_ids)
                 drafted, signals, draft_ms = d.tokens, d.signals, d.draft_ms
                 control_ms += d.control_ms
