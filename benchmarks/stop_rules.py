@@ -26,6 +26,7 @@ from speckv.control import cost_aware, cost_aware_from, make_controller
 from speckv.control.artifact import Setup, default_path, load_artifact
 from speckv.control.cost_aware import CostAware
 from speckv.control.oracle import Oracle
+from speckv.control.train import acceptance_features
 from speckv.measure.cost import CostModel
 from speckv.measure.replay import replay
 from speckv.measure.stats import paired_ratio_ci
@@ -64,9 +65,8 @@ def replay_runs(traces, cost: CostModel, makers: dict) -> pd.DataFrame:
 def reliability(traces, art) -> pd.DataFrame:
     """Predicted vs observed acceptance of on-path draft tokens, binned by prediction."""
     pos = position_table(traces)
-    pos["log1m_top1"] = pos.top1.map(cost_aware.log1m)
     w = np.array(art.params["weights"])
-    pos["predicted"] = 1 / (1 + np.exp(-(w[0] + pos[cost_aware.FEATURES].to_numpy(float) @ w[1:])))
+    pos["predicted"] = 1 / (1 + np.exp(-(w[0] + acceptance_features(pos) @ w[1:])))
     pos["bin"] = pd.cut(pos.predicted, BINS, include_lowest=True)
     table = pos.groupby("bin", observed=True).agg(n=("match", "size"), predicted=("predicted", "mean"),
                                                   observed=("match", "mean")).reset_index()

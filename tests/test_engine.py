@@ -1,5 +1,7 @@
 """Engine correctness on tiny random models: greedy losslessness, limits, records, rollback."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -120,19 +122,22 @@ class LateStarter(Controller):
         return self.gamma if self.steps > self.plain_steps else 0
 
 
-def _draft_calls(draft):
+@contextmanager
+def draft_forwards(draft):
+    """Counts the draft model's forward passes inside the block."""
     calls = []
-    return calls, draft.register_forward_hook(lambda *_: calls.append(1))
+    hook = draft.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        yield calls
+    finally:
+        hook.remove()
 
 
 @pytest.mark.parametrize("plain_steps", [0, 1, 5])
 def test_the_draft_reads_the_prompt_only_when_it_drafts(tiny_pair, plain_steps):
     target, draft = tiny_pair
-    calls, hook = _draft_calls(draft)
-    try:
+    with draft_forwards(draft) as calls:
         events = list(Engine(target, draft).run([3, 1, 4, 1, 5], LateStarter(plain_steps, 3), SamplingConfig(), 30))
-    finally:
-        hook.remove()
     assert [t for e in events for t in e.tokens] == reference(target, [3, 1, 4, 1, 5], 30)
     assert all(e.record.drafted == 0 for e in events[:plain_steps]) and events[plain_steps].record.drafted > 0
     assert len(calls) == sum(e.record.drafted for e in events) + (plain_steps == 0)  # + the prompt's prefill
@@ -140,10 +145,7 @@ def test_the_draft_reads_the_prompt_only_when_it_drafts(tiny_pair, plain_steps):
 
 def test_a_controller_that_never_drafts_never_runs_the_draft(tiny_pair):
     target, draft = tiny_pair
-    calls, hook = _draft_calls(draft)
-    try:
+    with draft_forwards(draft) as calls:
         events = list(Engine(target, draft).run([3, 1, 4, 1, 5], LateStarter(100, 3), SamplingConfig(), 20))
-    finally:
-        hook.remove()
     assert [t for e in events for t in e.tokens] == reference(target, [3, 1, 4, 1, 5], 20)
     assert calls == []

@@ -453,7 +453,7 @@ def eval_(
     live: Annotated[bool, typer.Option(help="also run live (wall clock); --no-live replays only")] = True,
 ) -> None:
     """Replay every controller and run them live on held-out prompts; tables with bootstrap CIs."""
-    from speckv.bench.evaluate import Session, assemble, evaluate
+    from speckv.bench.evaluate import Session, assemble, evaluate, unit_path
     from speckv.control import precheck
     from speckv.report.eval_page import build
 
@@ -463,7 +463,8 @@ def eval_(
             precheck(name)
     config = _eval_config(out, compression, controllers=names, baselines=_csv_list(baselines))
     total = len(config.compressions) * len(config.prompts("test"))
-    done = sum(len(list((out / "units").glob(f"{level}__*.runs.parquet"))) for level in config.compressions)
+    done = sum(unit_path(out, level, p.id, "runs").is_file() for level in config.compressions
+               for _, p in config.prompts("test"))
     bar = _Bar("evaluating")
     bar.start(total, done)
     try:

@@ -10,6 +10,7 @@ speckv: the paper's MLP-16 on step records; ours come from exact replays of fixe
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPRegressor
 
@@ -27,13 +28,17 @@ def _trained_on(traces: list[Trace]) -> dict:
             "positions": sum(len(t.output_ids) for t in traces)}
 
 
+def acceptance_features(pos: pd.DataFrame) -> np.ndarray:
+    """cost-aware's acceptance-model inputs (cost_aware.FEATURES) for a position_table()."""
+    return pos.assign(log1m_top1=pos.top1.map(cost_aware.log1m))[cost_aware.FEATURES].to_numpy(float)
+
+
 def train_cost_aware(traces: list[Trace], setup: Setup, cost: CostModel, max_gamma: int = 16) -> Artifact:
     max_gamma = min(max_gamma, *(t.depth + 1 for t in traces))  # stay replayable on these traces
     pos = position_table(traces)
-    pos["log1m_top1"] = pos.top1.map(cost_aware.log1m)
     if pos.match.nunique() < 2:
         raise SpeckvError("training traces need both accepted and rejected draft tokens")
-    model = LogisticRegression(max_iter=1000).fit(pos[cost_aware.FEATURES].to_numpy(float), pos.match.to_numpy(int))
+    model = LogisticRegression(max_iter=1000).fit(acceptance_features(pos), pos.match.to_numpy(int))
     weights = [float(model.intercept_[0]), *map(float, model.coef_[0])]
     params = {"weights": weights, "prior": float(pos.match.mean()), "max_gamma": max_gamma,
               "cost": cost.to_dict()}
