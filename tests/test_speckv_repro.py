@@ -1,6 +1,6 @@
 """The SpecKV Table-1 reproduction must stay within 0.05 tokens/step of the published numbers.
 
-Data: ../shared/reference/speckv relative to the repo root (MIT, from Amorfati123/SpecKV).
+Data: the copy shipped in the package, speckv/data/reference/speckv (MIT, from Amorfati123/SpecKV).
 One MLP fit for the reproduction, a few more for the critique: seconds, CPU only.
 """
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from speckv.data.bundled import SPECKV_REFERENCE, bundled
 from speckv.measure.speckv_repro import (
     COMPRESSIONS,
     POLICIES,
@@ -23,7 +24,7 @@ from speckv.measure.speckv_repro import (
     run_paper_protocol,
 )
 
-REF_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "reference" / "speckv"
+REF_DIR = bundled(SPECKV_REFERENCE)
 STEPS_CSV = REF_DIR / "phase2_step_results.csv"
 TOL = 0.05
 # The paper's headline Table 1 "Overall" row (also in paper_table1_policy_comparison.csv).
@@ -125,5 +126,7 @@ def test_cli_prints_table_and_refuses_missing_data(tmp_path, monkeypatch, capsys
 
     code, out, _ = run(str(REF_DIR / "phase2_step_results.csv"))
     assert code == 0 and "SpecKV-fast" in out and "predicted vs realized" in out
+    code, default_out, _ = run()  # no path: the copy shipped in the package
+    assert code == 0 and default_out == out
     code, _, err = run(str(tmp_path / "nothing.csv"))
     assert code == 2 and "not found" in err

@@ -212,13 +212,15 @@ def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, 
 
 @app.command("reproduce-speckv")
 def reproduce_speckv(
-    path: Annotated[Path, typer.Argument(help="SpecKV's phase2_step_results.csv (or its directory)")],
+    path: Annotated[Optional[Path], typer.Argument(help="SpecKV's phase2_step_results.csv or its directory (default: the copy shipped in the package)")] = None,
 ) -> None:
     """Reproduce SpecKV's Table 1 from its step data, and print what that protocol hides."""
     import pandas as pd
 
+    from speckv.data.bundled import SPECKV_REFERENCE, bundled
     from speckv.measure import speckv_repro as repro
 
+    path = path or bundled(SPECKV_REFERENCE)
     directory = path if path.is_dir() else path.parent
     if not (directory / "phase2_step_results.csv").is_file():
         raise SpeckvError(f"{path}: SpecKV's phase2_step_results.csv not found")
@@ -494,15 +496,15 @@ def eval_(
 def report(
     records: Annotated[Path, typer.Argument(help="a directory written by speckv profile")],
     out: Annotated[Optional[Path], typer.Option(help="where to write PNGs and report.html (default RECORDS/report)")] = None,
-    speckv_reference: Annotated[Optional[Path], typer.Option(help="SpecKV's phase2_step_results.csv, to compare against")] = None,
+    speckv_reference: Annotated[Optional[Path], typer.Option(help="SpecKV's phase2_step_results.csv to compare against (default: the copy shipped in the package)")] = None,
 ) -> None:
     """Figures and an HTML page from profile records: gamma, compression, signals, costs."""
-    from speckv.data.prompts import shared_file
+    from speckv.data.bundled import SPECKV_REFERENCE, bundled
     from speckv.report.page import build
 
     if not records.is_dir():
         raise SpeckvError(f"{records} is not a directory of profile records")
-    reference = speckv_reference or shared_file("reference/speckv/phase2_step_results.csv")
+    reference = speckv_reference or bundled(SPECKV_REFERENCE) / "phase2_step_results.csv"
     typer.echo(str(build(records, out or records / "report", reference)))
 
 

@@ -1,1 +1,1 @@
-"""Prompt sets: Spec-Bench from ../shared and user JSONL files."""
+"""Prompt sets shipped in the package (Spec-Bench, SpecKV's reference records) and user JSONL files."""

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from speckv.data.bundled import SPEC_BENCH, bundled
 from speckv.errors import SpeckvError
 
 @dataclass(frozen=True)
@@ -45,24 +45,9 @@ def read_jsonl(path: str | Path) -> list[Prompt]:
     return prompts
 
 
-def shared_file(relative: str) -> Path | None:
-    """A file under shared/ beside the checkout or the working directory, if there is one."""
-    for base in (Path.cwd(), Path(__file__).resolve()):
-        for parent in (base, *base.parents):
-            for candidate in (parent / "shared" / relative, parent.parent / "shared" / relative):
-                if candidate.is_file():
-                    return candidate
-    return None
-
-
 def spec_bench_path() -> Path:
-    """$SPECKV_SPEC_BENCH, else shared/data/spec_bench beside the checkout or the working directory."""
-    if env := os.environ.get("SPECKV_SPEC_BENCH"):
-        return Path(env)
-    found = shared_file("data/spec_bench/question.jsonl")
-    if found is None:
-        raise SpeckvError("Spec-Bench questions not found; set SPECKV_SPEC_BENCH to question.jsonl")
-    return found
+    """The Spec-Bench questions shipped in the package."""
+    return bundled(SPEC_BENCH)
 
 
 def spec_bench(categories: list[str] | None = None, per_category: int | None = None) -> list[Prompt]:

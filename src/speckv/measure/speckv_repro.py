@@ -154,7 +154,7 @@ def load_paper_table1(path: str | Path) -> pd.DataFrame:
 
 
 def load_reference(directory: str | Path) -> Reference:
-    """Everything under shared/reference/speckv that the reproduction and critique need."""
+    """Everything in a SpecKV reference directory (shipped: speckv/data/reference/speckv) that the reproduction and critique need."""
     d = Path(directory)
     table2 = d / "paper_table2_detailed_breakdown.csv"
     numbers = d / "paper_numbers.json"
