@@ -80,3 +80,54 @@ def test_prompt_longer_than_context(cli, smol):
 def test_directory_without_config_is_refused(cli, tmp_path):
     code, _, err = cli("models", "path", str(tmp_path))
     assert code == 2 and "no config.json" in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["nosuchcmd"], "No such command 'nosuchcmd'"),
+    (["generate", "--nosuchflag"], "No such option: --nosuchflag"),
+    (["models", "info", "x", "--context", "abc"], "--context"),
+    (["models", "nosuch"], "No such command"),
+])
+def test_usage_errors_are_one_line_exit_2(cli, args, message):
+    code, _, err = cli(*args)
+    assert code == 2 and message in err and err.startswith("speckv: error: ")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_no_arguments_prints_help(cli):
+    code, out, err = cli()
+    assert code == 0 and "Usage:" in out and "generate" in out and not err
+
+
+def test_ctrl_c_exits_130_with_one_line(cli, monkeypatch):
+    import speckv.models.provision as provision
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(provision, "pull", interrupted)
+    code, _, err = cli("models", "pull", SMOL)
+    assert code == 130 and err.strip() == "speckv: error: interrupted"
+
+
+def test_sigint_during_generation_exits_130(smol):
+    """A real Ctrl-C (SIGINT) while tokens stream: exit 130, one line, no traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "speckv", "generate", "Count from one to one thousand in words.", "--target", SMOL,
+         "--controller", "autoregressive", "--max-new-tokens", "4000"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stdout.read(1)  # generation has started
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.decode().strip().splitlines()[-1] == "speckv: error: interrupted" and b"Traceback" not in err

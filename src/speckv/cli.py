@@ -509,22 +509,26 @@ def report(
 
 
 def main() -> None:
+    """Entry point. typer runs in non-standalone mode so that our errors stay one line: it then
+    *returns* exit codes (130 after Ctrl-C) and *raises* usage errors, and both are handled here."""
+    from typer._click import exceptions as click_exc  # typer >= 0.20 vendors click here
+
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except SpeckvError as exc:
         _err(str(exc))
         sys.exit(2)
-    except KeyboardInterrupt:
-        _err("interrupted")
-        sys.exit(130)
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
     except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+        code = exc.exit_code
+    except click_exc.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help())
+        code = 0
+    except click_exc.ClickException as exc:  # unknown command or option, bad value: one line, exit 2
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) else "speckv"
+        _err(f"{' '.join(exc.format_message().split())} (see '{command} --help')")
+        sys.exit(2)
+    if code == 130:
+        _err("interrupted")
+    sys.exit(code if isinstance(code, int) else 0)
