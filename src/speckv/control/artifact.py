@@ -8,11 +8,11 @@ it for a different setup is refused.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from speckv.errors import SpeckvError
+from speckv.files import write_json
 from speckv.models.provision import cache_home
 
 ARTIFACT_VERSION = 1
@@ -42,11 +42,7 @@ class Artifact:
     version: int = ARTIFACT_VERSION
 
     def save(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, path)
-        return path
+        return write_json(path, asdict(self))
 
 
 def default_path(kind: str, setup: Setup) -> Path:

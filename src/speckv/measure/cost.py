@@ -9,7 +9,6 @@ things a naive per-forward model misses. Predicts a policy's wall time from repl
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 from sklearn.linear_model import LinearRegression
 
 from speckv.errors import SpeckvError
+from speckv.files import write_json
 from speckv.measure.records import StepRecord
 
 COST_VERSION = 1
@@ -104,10 +104,7 @@ class CostModel:
         return {"version": COST_VERSION, **asdict(self)}
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        write_json(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "cost model") -> CostModel:

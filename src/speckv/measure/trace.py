@@ -12,7 +12,6 @@ reproduces any greedy controller's steps exactly, without running a model.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from speckv.engine.decode import Engine
 from speckv.drafting.chain import batch_signals
 from speckv.engine.kv import cached_logits, crop_to
 from speckv.errors import SpeckvError
+from speckv.files import atomic_write
 from speckv.measure.records import TokenSignals
 
 TRACE_VERSION = 1
@@ -133,10 +133,7 @@ def save_trace(trace: Trace, path: Path) -> None:
     header = {"version": TRACE_VERSION, "prompt_ids": trace.prompt_ids, "max_new_tokens": trace.max_new_tokens,
               "depth": trace.depth, "stop_ids": sorted(trace.stop_ids), "mismatches": sorted(trace.branches), "meta": trace.meta}
     table = table.replace_schema_metadata({"speckv.trace": json.dumps(header)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def load_trace(path: Path) -> Trace:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from speckv.errors import SpeckvError
+from speckv.files import ensure_dir, read_parquet
 from speckv.measure.cost import CostModel
 from speckv.measure.stats import comparison_table, headline
 from speckv.measure.validate import session_cost_table, validation_table
@@ -19,14 +20,7 @@ STEP_COLUMNS = ("mode", "controller", "compression", "drafted")
 
 
 def _read(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        df = pd.read_parquet(path)
-    except (OSError, ValueError) as e:
-        raise SpeckvError(f"cannot read {path}: {type(e).__name__}") from e
-    missing = sorted(set(columns) - set(df.columns))
-    if missing:
-        raise SpeckvError(f"{path} lacks columns {missing}")
-    return df
+    return read_parquet(path, columns, "evaluation results")
 
 
 def figures(runs: pd.DataFrame, steps: pd.DataFrame, table: pd.DataFrame, primary: str,
@@ -79,7 +73,7 @@ def build(results_dir: Path, out: Path | None = None, baseline: str = "fixed:4")
     if runs.empty:
         raise SpeckvError(f"{results_dir / 'runs.parquet'} has no runs")
     out = out or results_dir
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     modes = sorted(runs["mode"].unique())
     primary = "live" if "live" in modes else modes[0]
     table = comparison_table(runs, baseline)

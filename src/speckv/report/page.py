@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -14,16 +13,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from speckv.files import atomic_write, ensure_dir, write_text  # noqa: E402
 from speckv.measure.profile import load_records  # noqa: E402
 from speckv.report import analysis  # noqa: E402
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
 
 
 def _per_compression(levels, width=4.2):
@@ -95,10 +94,7 @@ def write_page(page: Path, parts: list[str], figures: list[tuple[str, Path]]) ->
         data = base64.b64encode(png.read_bytes()).decode()
         parts.append(f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{data}' style='max-width:100%'>")
     parts.append("</body></html>")
-    tmp = page.with_name(f".{page.name}.tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, page)
-    return page
+    return write_text(page, "\n".join(parts))
 
 
 def _table(df: pd.DataFrame) -> str:
@@ -108,7 +104,7 @@ def _table(df: pd.DataFrame) -> str:
 def build(records: Path, out: Path, speckv_reference: Path | None = None) -> Path:
     """Write PNGs and report.html under out; returns the HTML path."""
     steps, runs = load_records(records)
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
     tokens = analysis.token_outcomes(steps)
     made = figures(steps, runs, tokens, out)
 
