@@ -1,6 +1,8 @@
 """Provisioning: GGUF files convert once, atomically; damaged caches are detected and rebuilt."""
 
 import importlib.util
+import json
+import os
 from pathlib import Path
 
 
@@ -29,11 +31,19 @@ def test_gguf_path_converts_once_and_corruption_is_rebuilt(tmp_path, monkeypatch
     out = model_path(str(gguf))
     assert out.parent == tmp_path / "models" and is_complete(out)
     assert not list((tmp_path / "models").glob(".*tmp"))  # no temp leftovers
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert set(manifest["sha256"]) == set(manifest["files"])  # a checksum per file
     weights = out / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    with open(weights, "r+b") as f:  # same size, other bytes: a damaged copy
+        f.seek(weights.stat().st_size // 2)
+        f.write(b"\x00" * 64)
+    os.utime(weights, ns=(stamp + 10**6, stamp + 10**6))
+    assert not is_complete(out)
+    assert model_path(str(gguf)) == out and is_complete(out)
     with open(weights, "r+b") as f:  # simulate an interrupted copy
         f.truncate(1000)
     assert not is_complete(out)
-    assert model_path(str(gguf)) == out and is_complete(out)
 
 
 def test_registry_names_and_hashes():

@@ -36,6 +36,7 @@ def pick_device(device: str = "auto") -> torch.device:
 
 def load_model(name_or_path: str, compression: str = "bf16", device: str = "auto") -> LoadedModel:
     """compression: fp32|bf16|fp16|int8|nf4 (float32/bfloat16/float16 accepted as aliases)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -48,7 +49,22 @@ def load_model(name_or_path: str, compression: str = "bf16", device: str = "auto
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as exc:
         raise SpeckvError(f"cannot load model from {path}: {str(exc).splitlines()[0]}") from exc
+    except SafetensorError as exc:  # a damaged weight file
+        raise SpeckvError(f"{_bad_weights(path)}: not a readable safetensors file ({exc}); replace or re-download it") from None
     if not level.quantized:  # bitsandbytes places quantized weights itself (device_map)
         model.to(dev)
     model.eval()
     return LoadedModel(name=name_or_path, path=path, model=model, tokenizer=tokenizer, compression=level.level)
+
+
+def _bad_weights(path: Path) -> Path:
+    """The first weight file under path that safetensors cannot open (else path itself)."""
+    from safetensors import safe_open
+
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "pt"):
+                pass
+        except Exception:  # SafetensorError, OSError
+            return f
+    return path
