@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -31,14 +32,34 @@ def _err(message: str) -> None:
     typer.echo(f"speckv: error: {message}", err=True)
 
 
+def _locks_out(create: bool = False):
+    """Hold the command's --out directory while it runs: one speckv process writes it at a time
+    (create=False: a directory that does not exist yet is left for the command to refuse)."""
+
+    def wrap(command):
+        @functools.wraps(command)
+        def run(*args, **kwargs):
+            from speckv.files import dir_lock
+
+            with dir_lock(kwargs["out"], create=create):
+                return command(*args, **kwargs)
+
+        return run
+
+    return wrap
+
+
 @models_app.command("list")
-def models_list() -> None:
-    """Built-in models and whether they are provisioned."""
-    from speckv.models.provision import cache_home, is_complete
+def models_list(
+    verify: Annotated[bool, typer.Option("--verify", help="re-hash every file against its recorded sha256")] = False,
+) -> None:
+    """Built-in models and whether they are provisioned (unverified: a file changed since it was last
+    checked; the next load re-hashes it)."""
+    from speckv.models.provision import cache_home, state
 
     for name, spec in BUILTIN.items():
-        state = "ready" if is_complete(cache_home() / "models" / name) else "not pulled"
-        typer.echo(f"{name:30} {spec.role:7} {spec.size_mb:>5} MB  {state:10}  {spec.description}")
+        found = state(cache_home() / "models" / name, "all" if verify else "none")
+        typer.echo(f"{name:30} {spec.role:7} {spec.size_mb:>5} MB  {found:10}  {spec.description}")
 
 
 @models_app.command("pull")
@@ -263,7 +284,8 @@ class _Bar:
         self.progress.advance(self.task)
 
     def stop(self) -> None:
-        self.progress.stop()
+        if self.task is not None:  # a bar never started would print an empty line before an error
+            self.progress.stop()
 
 
 def _csv_list(text: str, kind=str) -> tuple:
@@ -329,16 +351,13 @@ def _eval_config(out: Path, compression: Optional[str] = None, **changes):
     """The evaluation directory's config (written by `speckv trace`), optionally narrowed."""
     from dataclasses import replace
 
-    from speckv.bench.evaluate import EvalConfig
+    from speckv.bench.evaluate import load_eval_config
     from speckv.models.compress import Compression
 
     path = out / "eval.json"
     if not path.is_file():
         raise SpeckvError(f"{out} is not an evaluation directory (no eval.json); start with `speckv trace --out {out}`")
-    try:
-        config = EvalConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(path.read_text()).items()})
-    except (ValueError, TypeError) as exc:
-        raise SpeckvError(f"{path}: unreadable ({type(exc).__name__})") from None
+    config = load_eval_config(path)
     if compression:
         levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
         unknown = set(levels) - set(config.compressions)
@@ -349,6 +368,7 @@ def _eval_config(out: Path, compression: Optional[str] = None, **changes):
 
 
 @app.command()
+@_locks_out(create=True)
 def trace(
     out: Annotated[Path, typer.Option(help="evaluation directory (resumable)")],
     split: Annotated[str, typer.Option(help="train, test or both")] = "both",
@@ -368,7 +388,7 @@ def trace(
     """Collect greedy traces (target output + teacher-forced draft signals) for exact replay."""
     from dataclasses import asdict
 
-    from speckv.bench.evaluate import EvalConfig, Session, collect, trace_path
+    from speckv.bench.evaluate import EvalConfig, Session, collect, load_eval_config, trace_path
     from speckv.measure.profile import claim_dir
     from speckv.models.compress import Compression
 
@@ -379,7 +399,7 @@ def trace(
         raise SpeckvError("--train-per-task, --test-per-task, --max-new-tokens and --depth must be positive")
     levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
     known = out / "eval.json"
-    stored = json.loads(known.read_text()).get("compressions", []) if known.is_file() and not force else []
+    stored = load_eval_config(known).compressions if known.is_file() and not force else ()
     config = EvalConfig(task_list, tuple(dict.fromkeys([*stored, *levels])), train_per_task=train_per_task, test_per_task=test_per_task,
                         max_new_tokens=max_new_tokens, seed=seed, depth=depth, target=target, draft=draft,
                         draft_compression=Compression.parse(draft_compression).level, device=device)
@@ -403,6 +423,7 @@ def trace(
 
 
 @app.command()
+@_locks_out()
 def calibrate(
     out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace)")],
     compression: Annotated[Optional[str], typer.Option(help="subset of the directory's levels")] = None,
@@ -431,6 +452,7 @@ def calibrate(
 
 
 @app.command()
+@_locks_out()
 def train(
     out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace + calibrate)")],
     compression: Annotated[Optional[str], typer.Option(help="write artifacts for these levels only")] = None,
@@ -446,6 +468,7 @@ def train(
 
 
 @app.command("eval")
+@_locks_out()
 def eval_(
     out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace, calibrate, train)")],
     controllers: Annotated[str, typer.Option(help="controllers to compare (oracle: replay only)")] =

@@ -7,13 +7,15 @@ Layout of an evaluation directory (everything resumable, one file per unit, writ
     units/<compression>__<prompt>.{runs,steps}.parquet   replay + live results per prompt
     runs.parquet, steps.parquet, eval.html               the assembled results and report
 Prompts are split by prompt (data.tasks.split): training never sees a test prompt.
+A finished unit is never re-run: asking it for controllers (or live runs) it does not hold is refused
+rather than reported as if it held them.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import pandas as pd
@@ -28,8 +30,9 @@ from speckv.control.train import train_cost_aware, train_speckv
 from speckv.data.prompts import Prompt
 from speckv.data.tasks import TASKS, split
 from speckv.errors import SpeckvError
+from speckv.files import read_parquet, write_parquet
 from speckv.measure.cost import CalibrationRun, CostModel
-from speckv.measure.profile import write_parquet
+from speckv.measure.profile import read_claim
 from speckv.measure.replay import replay
 from speckv.measure.trace import collect_trace, load_trace, load_traces, save_trace
 
@@ -63,6 +66,41 @@ class EvalConfig:
     def prompts(self, part: str) -> list[tuple[str, Prompt]]:
         index = 0 if part == "train" else 1
         return [(t, p) for t in self.tasks for p in split(t, self.train_per_task, self.test_per_task, self.seed)[index]]
+
+
+def load_eval_config(path: Path) -> EvalConfig:
+    """An evaluation directory's eval.json; damage (bad JSON, unknown keys, wrong types) is a
+    SpeckvError naming the file."""
+    from speckv.models.compress import Compression
+
+    data = read_claim(path, "`speckv trace --force` rewrites it")
+    known = {f.name for f in fields(EvalConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise SpeckvError(f"{path}: unknown keys {', '.join(unknown)} (not written by speckv trace)")
+    defaults, values = EvalConfig(), {}
+    for key, value in data.items():
+        default = getattr(defaults, key)
+        if isinstance(default, tuple):
+            ok = isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+            kind, value = "a non-empty list of strings", tuple(value) if isinstance(value, list) else value
+        elif isinstance(default, int):
+            ok = type(value) is int and (value >= 1 or key == "seed")
+            kind = "an integer" if key == "seed" else "a positive integer"
+        else:
+            ok, kind = isinstance(value, str), "a string"
+        if not ok:
+            raise SpeckvError(f"{path}: {key} must be {kind} (got {json.dumps(value)})")
+        values[key] = value
+    unknown_tasks = [t for t in values.get("tasks", ()) if t not in TASKS]
+    if unknown_tasks:
+        raise SpeckvError(f"{path}: unknown task(s) {', '.join(unknown_tasks)}")
+    try:
+        for level in (*values.get("compressions", ()), values.get("draft_compression", "bf16")):
+            Compression.parse(level)
+    except SpeckvError as exc:
+        raise SpeckvError(f"{path}: {exc}") from None
+    return EvalConfig(**values)
 
 
 def trace_path(out: Path, part: str, level: str, prompt_id: str) -> Path:
@@ -208,11 +246,29 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
     return pd.DataFrame(runs), pd.DataFrame(steps)
 
 
+def unit_done(out: Path, level: str, prompt_id: str, config: EvalConfig, live: bool = True) -> bool:
+    """Whether a prompt's unit is finished and holds what config asks for; a finished unit that lacks
+    a requested controller (or live runs) is refused: it is never re-run, nor reported as if it held them."""
+    path = unit_path(out, level, prompt_id, "runs")
+    if not path.is_file():
+        return False
+    runs = read_parquet(path, ("mode", "controller"), "evaluation runs")
+    wanted = {("replay", c) for c in (*config.baselines, *config.controllers) if not c.startswith("hf-assisted")}
+    if live:
+        wanted |= {("live", c) for c in (*config.baselines, *config.controllers) if c != "oracle"}
+    missing = sorted(wanted - set(zip(runs["mode"], runs["controller"])))
+    if missing:
+        lacking = ", ".join(f"{c} ({m})" for m, c in missing)
+        raise SpeckvError(f"{path} is finished without {lacking}: units are never re-run; evaluate those into "
+                          f"another --out (copy eval.json, traces/ and cost/), or delete {out / 'units'} to re-run all")
+    return True
+
+
 def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, progress=None) -> int:
     """Evaluate all test prompts at the decoder's compression; returns the number of new units."""
     level = dec.setup.compression
     test_ids = [p.id for _, p in config.prompts("test")]
-    if all(unit_path(out, level, pid, "runs").is_file() for pid in test_ids):
+    if all([unit_done(out, level, pid, config, live) for pid in test_ids]):
         return 0  # finished: re-reporting needs neither the cost model nor the trained controllers
     if not cost_path(dec.setup).is_file():
         raise SpeckvError(f"no cost model for {dec.setup.slug()}; run `speckv calibrate` first")
@@ -223,7 +279,7 @@ def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, pro
     traces = collect(dec, config, out, "test")  # in the order of test_ids
     written = 0
     for i, (pid, path) in enumerate(zip(test_ids, traces)):
-        if unit_path(out, level, pid, "runs").is_file():
+        if unit_done(out, level, pid, config, live):
             continue
         runs, steps = evaluate_prompt(dec, config, path, cost, i, live)
         write_parquet(steps, unit_path(out, level, pid, "steps"))
@@ -242,6 +298,6 @@ def assemble(out: Path) -> tuple[Path, Path]:
         if not files:
             raise SpeckvError(f"{out}: no evaluation units yet")
         path = out / f"{kind}.parquet"
-        write_parquet(pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), path)
+        write_parquet(pd.concat([read_parquet(f, what="evaluation units") for f in files], ignore_index=True), path)
         paths.append(path)
     return tuple(paths)

@@ -3,12 +3,14 @@
 Step records are a superset of SpecKV's phase2_step_results.csv; run records match its
 phase2_experiment_results.csv. One file per (compression, prompt) unit, written atomically,
 so an interrupted profile loses at most the prompt in progress and resumes where it stopped.
+profile.json records the setup the directory is for; a resume may add units (compressions, tasks,
+prompts) but never changes what a unit holds (gammas, baseline, tokens): each finished unit's records
+are checked against the request. One process writes a directory at a time (a lock file).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +18,8 @@ from pathlib import Path
 import pandas as pd
 
 from speckv.errors import SpeckvError
+from speckv.files import atomic_write, dir_lock, ensure_dir, read_parquet, write_json
+from speckv.files import write_parquet as _write_parquet
 
 SPECKV_STEP_COLUMNS = [
     "compression", "gamma", "task", "step", "accepted", "acceptance_rate", "tokens_produced",
@@ -23,6 +27,13 @@ SPECKV_STEP_COLUMNS = [
 ]
 SPECKV_RUN_COLUMNS = ["compression", "gamma", "task", "prompt_id", "tokens_per_s", "wall_s", "new_tokens", "mean_accepted"]
 PAIR_KEYS = ("target", "draft", "draft_compression", "max_new_tokens")
+# What every unit holds: a resume must ask for the same (else its records would not be what profile.json says).
+UNIT_KEYS = (*PAIR_KEYS, "gammas", "baseline", "seed")
+# What `speckv report` reads from every file.
+STEP_REQUIRED = (*SPECKV_STEP_COLUMNS, "prompt_id", "drafted", "draft_ms", "verify_ms", "draft_entropies",
+                 "draft_confidences", "draft_margins")
+RUN_REQUIRED = (*SPECKV_RUN_COLUMNS, "target", "draft", "draft_compression", "device", "threads", "torch",
+                "transformers")
 
 
 @dataclass(frozen=True)
@@ -83,49 +94,127 @@ def step_rows(steps, *, meta: dict) -> list[dict]:
 
 def write_parquet(df: pd.DataFrame, path: Path) -> None:
     """Atomically: a reader (or a resumed run) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    _write_parquet(df, path)
 
 
 def unit_name(compression: str, prompt_id: str) -> str:
     return f"{compression}__{prompt_id.replace('/', '_')}.parquet"
 
 
-def claim_dir(out: Path, name: str, config: dict, keys: tuple[str, ...], force: bool) -> None:
-    """Refuse to mix records of a different setup into one directory (unless forced), then
-    record this setup in out/name."""
-    out.mkdir(parents=True, exist_ok=True)
+def _same(a, b) -> bool:
+    return (sorted(a) == sorted(b)) if isinstance(a, list) and isinstance(b, list) else a == b
+
+
+def _refuse_other(out: Path, stored: dict, mine: dict, keys: tuple[str, ...]) -> None:
+    theirs = {k: stored.get(k) for k in keys}
+    diff = ", ".join(f"{k}: {theirs[k]} != {mine[k]}" for k in keys if not _same(theirs[k], mine[k]))
+    if diff:
+        raise SpeckvError(f"{out} holds records of another setup ({diff}); use --force or another --out")
+
+
+REPLACE_HINT = "use --force to replace it, or another --out"
+
+
+def read_claim(path: Path, hint: str = REPLACE_HINT) -> dict:
+    """A directory's setup file (profile.json, eval.json); damage is a SpeckvError naming it."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise SpeckvError(f"{path}: unreadable ({type(exc).__name__}); {hint}") from None
+    if not isinstance(stored, dict):
+        raise SpeckvError(f"{path}: not a speckv setup (a JSON object); {hint}")
+    return stored
+
+
+def claim_dir(out: Path, name: str, config: dict, keys: tuple[str, ...], force: bool,
+              union: tuple[str, ...] = ()) -> dict:
+    """Refuse to mix records of a different setup into one directory (unless forced), then record
+    this setup in out/name, its `union` fields (lists) merged with the stored ones; returns it."""
+    ensure_dir(out)
     meta_path = out / name
-    mine = json.loads(json.dumps({k: config[k] for k in keys}))  # tuples compare as lists
+    mine = json.loads(json.dumps(config))  # tuples compare as lists
     if meta_path.is_file() and not force:
-        stored = json.loads(meta_path.read_text())
-        theirs = {k: stored.get(k) for k in keys}
-        if theirs != mine:
-            diff = ", ".join(f"{k}: {theirs[k]} != {mine[k]}" for k in keys if theirs[k] != mine[k])
-            raise SpeckvError(f"{out} holds records of another setup ({diff}); use --force or another --out")
-    tmp = meta_path.with_name(f".{name}.tmp")
-    tmp.write_text(json.dumps(config, indent=1))
-    os.replace(tmp, meta_path)
+        stored = read_claim(meta_path)
+        _refuse_other(out, stored, mine, keys)
+        for k in union:
+            if not isinstance(stored.get(k), list):
+                raise SpeckvError(f"{meta_path}: {k} is not a list; {REPLACE_HINT}")
+            mine[k] = list(dict.fromkeys([*stored[k], *mine[k]]))
+    write_json(meta_path, mine)
+    return mine
+
+
+def _units(config: ProfileConfig, levels, tasks, per_task: int) -> set[str]:
+    from speckv.data.tasks import select
+
+    return {unit_name(lvl, p.id) for lvl in levels for task in tasks for p in select(task, per_task, config.seed)}
+
+
+def _claim_profile(config: ProfileConfig, levels: list[str], out: Path, force: bool) -> None:
+    """profile.json: the union of what the directory was set up for and this request, provided
+    the union is still a compressions x tasks x prompts grid (else part of it would be claimed and
+    never measured)."""
+    mine = {**asdict(config), "compressions": levels}
+    meta_path = out / "profile.json"
+    if force or not meta_path.is_file():
+        claim_dir(out, "profile.json", mine, UNIT_KEYS, force)
+        return
+    stored = read_claim(meta_path)
+    _refuse_other(out, stored, json.loads(json.dumps(mine)), UNIT_KEYS)
+    try:
+        s_levels, s_tasks, s_n = list(stored["compressions"]), list(stored["tasks"]), int(stored["prompts_per_task"])
+        old = _units(config, s_levels, s_tasks, s_n)
+    except (KeyError, TypeError, ValueError, SpeckvError) as exc:
+        raise SpeckvError(f"{meta_path}: damaged ({type(exc).__name__}); {REPLACE_HINT}") from None
+    union = {"compressions": list(dict.fromkeys([*s_levels, *levels])),
+             "tasks": list(dict.fromkeys([*s_tasks, *config.tasks])),
+             "prompts_per_task": max(s_n, config.prompts_per_task)}
+    grid = _units(config, union["compressions"], union["tasks"], union["prompts_per_task"])
+    if grid != old | _units(config, levels, config.tasks, config.prompts_per_task):
+        raise SpeckvError(
+            f"{out} is set up for compressions {','.join(s_levels)} x tasks {','.join(s_tasks)} x {s_n} prompts; "
+            f"adding compressions {','.join(levels)} x tasks {','.join(config.tasks)} x {config.prompts_per_task} "
+            "prompts would leave part of the combined grid unmeasured: ask for the combined lists, or another --out")
+    claim_dir(out, "profile.json", {**mine, **union}, UNIT_KEYS, force=False, union=("compressions", "tasks"))
+
+
+def _gammas_held(path: Path) -> set[int]:
+    """The gammas a finished unit holds (0 = the target alone)."""
+    return set(read_parquet(path, ("gamma",), "run records")["gamma"].astype(int))
 
 
 def run_profile(config: ProfileConfig, out: Path, force: bool = False, csv: bool = False, progress=None) -> int:
     """Profile every (compression, task prompt, gamma); returns the number of new units written."""
-    from speckv.api import Decoder
     from speckv.control import make_controller
     from speckv.data.tasks import select
     from speckv.models.compress import Compression
-    from speckv.models.load import load_model
 
-    levels = [Compression.parse(c).level for c in config.compressions]
+    levels = list(dict.fromkeys(Compression.parse(c).level for c in config.compressions))
     for g in config.gammas:
         make_controller(f"fixed:{g}")
     prompts = [(task, p) for task in config.tasks for p in select(task, config.prompts_per_task, config.seed)]
-    claim_dir(out, "profile.json", asdict(config), PAIR_KEYS, force)
-    (out / "steps").mkdir(exist_ok=True)
-    (out / "runs").mkdir(exist_ok=True)
-    todo = [(lvl, task, p) for lvl in levels for task, p in prompts if not (out / "runs" / unit_name(lvl, p.id)).is_file()]
+    with dir_lock(out):
+        _claim_profile(config, levels, out, force)
+        return _measure(config, levels, prompts, out, force, csv, progress)
+
+
+def _measure(config: ProfileConfig, levels: list[str], prompts, out: Path, force: bool, csv: bool, progress) -> int:
+    from speckv.api import Decoder
+    from speckv.models.load import load_model
+
+    ensure_dir(out / "steps")
+    ensure_dir(out / "runs")
+    gammas = {*([0] if config.baseline else []), *config.gammas}
+    todo = []
+    for lvl, task, p in ((lvl, task, p) for lvl in levels for task, p in prompts):
+        path = out / "runs" / unit_name(lvl, p.id)
+        if not path.is_file():
+            todo.append((lvl, task, p))
+        elif (held := _gammas_held(path)) != gammas:
+            if not force:
+                raise SpeckvError(f"{path} holds gammas {sorted(held)}, not {sorted(gammas)} (0 = target alone): "
+                                  "resuming cannot change what a unit holds; use another --out, or --force to re-measure")
+            todo.append((lvl, task, p))
     if progress:
         progress.start(len(levels) * len(prompts), len(levels) * len(prompts) - len(todo))
     draft = load_model(config.draft, config.draft_compression, config.device) if todo else None
@@ -167,25 +256,18 @@ def run_profile(config: ProfileConfig, out: Path, force: bool = False, csv: bool
 
 
 def load_records(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(steps, runs) of a profile directory; unreadable files are a user error naming the file."""
+    """(steps, runs) of a profile directory; unreadable files, or files without the columns the
+    report reads, are a user error naming the file."""
     frames = {}
-    for kind in ("steps", "runs"):
+    for kind, columns in (("steps", STEP_REQUIRED), ("runs", RUN_REQUIRED)):
         files = sorted((out / kind).glob("*.parquet"))
         if not files:
             raise SpeckvError(f"{out / kind}: no records (run speckv profile --out {out} first)")
-        parts = []
-        for f in files:
-            try:
-                parts.append(pd.read_parquet(f))
-            except Exception as exc:  # pyarrow raises several types for damaged files
-                raise SpeckvError(f"{f}: unreadable records ({type(exc).__name__})") from None
-        frames[kind] = pd.concat(parts, ignore_index=True)
+        frames[kind] = pd.concat([read_parquet(f, columns, f"{kind} records") for f in files], ignore_index=True)
     return frames["steps"], frames["runs"]
 
 
 def export_csv(out: Path) -> None:
     steps, runs = load_records(out)
     for name, df in (("steps.csv", steps), ("runs.csv", runs)):
-        tmp = out / f".{name}.tmp"
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, out / name)
+        atomic_write(out / name, lambda tmp, df=df: df.to_csv(tmp, index=False))
