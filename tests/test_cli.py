@@ -131,3 +131,16 @@ def test_sigint_during_generation_exits_130(smol):
         proc.kill()
     assert proc.returncode == 130
     assert err.decode().strip().splitlines()[-1] == "speckv: error: interrupted" and b"Traceback" not in err
+
+
+def test_demo_shows_auto_beside_the_peers(cli, smol):
+    """The demo's table has auto, fixed:4, the target alone and assisted generation, per task; in float32
+    every speckv method reproduces the target's output."""
+    code, out, err = cli("demo", "--target", SMOL, "--draft", SMOL, "--dtype", "float32", "--tasks", "code,chat",
+                         "--max-new-tokens", "8")
+    assert code == 0, err
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
+    assert {"autoregressive", "auto", "fixed:4", "hf-assisted"} <= lines.keys()
+    for method in ("auto", "fixed:4"):
+        assert lines[method].rstrip(" │").endswith("100%")
+    assert "code" in out and "chat" in out and "auto on " in out

@@ -156,9 +156,11 @@ def generate(
 @app.command()
 def bench(
     methods: Annotated[str, typer.Option(help="comma list: controllers, hf-assisted, hf-assisted:N")] = "autoregressive,fixed:4,hf-assisted,hf-assisted:4",
-    category: Annotated[str, typer.Option(help="Spec-Bench categories, comma list")] = "coding",
-    prompts: Annotated[int, typer.Option(help="prompts per category")] = 10,
+    category: Annotated[Optional[str], typer.Option(help="Spec-Bench categories, comma list (default coding unless --tasks)")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="instead of --category: code,math,chat,summarization")] = None,
+    prompts: Annotated[int, typer.Option(help="prompts per category or task")] = 10,
     max_new_tokens: int = 128,
+    seed: Annotated[int, typer.Option(help="which task prompts (with --tasks)")] = 0,
     draft: Draft = DEFAULT_DRAFT,
     target: Target = DEFAULT_TARGET,
     dtype: Dtype = "bfloat16",
@@ -167,68 +169,107 @@ def bench(
     device: Device = "auto",
     out: Annotated[Optional[Path], typer.Option(help="write per-prompt rows and the summary as JSON")] = None,
 ) -> None:
-    """Tokens/s of several methods on the same Spec-Bench prompts, interleaved per prompt."""
-    run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, device, out, compression, draft_compression)
-
-
-@app.command()
-def demo(prompts: int = 3, max_new_tokens: int = 64, dtype: Dtype = "bfloat16") -> None:
-    """Quick demo: speculative decoding vs the target alone on a few Spec-Bench coding prompts."""
-    run_bench("autoregressive,fixed:4", "coding", prompts, max_new_tokens, DEFAULT_DRAFT, DEFAULT_TARGET, dtype, "auto", None)
-
-
-def run_bench(methods, category, prompts, max_new_tokens, draft, target, dtype, device, out,
-              compression=None, draft_compression=None) -> None:
-    import torch
-    from rich.console import Console
-    from rich.progress import Progress
-    from rich.table import Table
-
-    from transformers.utils import is_sklearn_available
-
+    """Tokens/s of several methods on the same prompts, interleaved per prompt."""
     import speckv
-    from speckv.bench.side_by_side import run_method, summarize
-    from speckv.control import precheck
-    from speckv.data.prompts import spec_bench
+    from speckv.bench.side_by_side import bench_payload, check_method
 
     names = list(_csv_list(methods))
     for m in names:  # fail on a bad method before loading models
-        if not m.startswith("hf-assisted"):
-            precheck(m)
-    chosen = spec_bench([c.strip() for c in category.split(",")], prompts)
-    if not chosen:
-        raise SpeckvError(f"no Spec-Bench prompts in category {category!r}")
+        check_method(m)
+    if category and tasks:
+        raise SpeckvError("give --category or --tasks, not both")
+    chosen = _bench_prompts(category, tasks, prompts, seed)
     dec = speckv.load(target=target, draft=draft, dtype=dtype, device=device,
                       compression=compression, draft_compression=draft_compression)
-    rows = []
-    with Progress(console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("benchmarking", total=len(chosen) * len(names))
-        for p in chosen:
-            ids = dec.encode(p.text)
-            for m in names:
-                rows.append(run_method(dec, m, p.id, ids, max_new_tokens))
-                progress.advance(task)
-    summary = summarize(rows, names, names[0])
-    levels = f"target {dec.target.compression}, draft {dec.draft.compression}"
-    table = Table(title=f"{target} <- {draft}, {levels}, {len(chosen)} prompts x {max_new_tokens} tokens, torch threads {torch.get_num_threads()}")
-    for col in ("method", "tokens/s", "mean accepted", f"speedup vs {names[0]}", "engine overhead"):
-        table.add_column(col)
-    for s in summary:
-        acc, overhead = s["mean_accepted"], s["overhead_frac"]
-        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", "-" if acc is None else f"{acc:.2f}",
-                      f"{s['speedup']:.2f}x", "-" if overhead is None else f"{100 * overhead:.2f}%")
-    Console().print(table)
+    rows = _side_by_side(dec, names, chosen, max_new_tokens)
+    _print_bench(dec, rows, names, f"{len(chosen)} prompts x {max_new_tokens} tokens")
     if out:
-        payload = {"summary": summary, "rows": [r.__dict__ for r in rows],
-                   "config": {"draft": draft, "target": target, "target_compression": dec.target.compression,
-                              "draft_compression": dec.draft.compression, "max_new_tokens": max_new_tokens,
-                              "category": category, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                              # with scikit-learn present, assisted generation adapts its confidence threshold
-                              "hf_assisted_sklearn": is_sklearn_available()}}
-        tmp = out.with_name(f".{out.name}.tmp")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, out)
+        from speckv.files import write_json
+
+        write_json(out, bench_payload(dec, rows, names, {"max_new_tokens": max_new_tokens, "category": category,
+                                                         "tasks": tasks, "seed": seed}))
+
+
+@app.command()
+def demo(
+    tasks: Annotated[str, typer.Option(help="task types to draw prompts from")] = "code,math,chat,summarization",
+    prompts_per_task: int = 1,
+    max_new_tokens: int = 64,
+    methods: Annotated[str, typer.Option(help="methods side by side; the first is the baseline")] = "autoregressive,auto,fixed:4,hf-assisted",
+    seed: int = 1,
+    draft: Draft = DEFAULT_DRAFT,
+    target: Target = DEFAULT_TARGET,
+    dtype: Dtype = "bfloat16",
+    device: Device = "auto",
+) -> None:
+    """The product in about 3 minutes: `auto` beside fixed:4, the target alone and transformers'
+    assisted generation, on a few prompts of several tasks (default models, provisioned on first use)."""
+    import speckv
+    from speckv.bench.side_by_side import check_method
+
+    names = list(_csv_list(methods))
+    for m in names:
+        check_method(m)
+    if prompts_per_task < 1 or max_new_tokens < 1:
+        raise SpeckvError("--prompts-per-task and --max-new-tokens must be positive")
+    chosen = _bench_prompts(None, tasks, prompts_per_task, seed)
+    dec = speckv.load(target=target, draft=draft, dtype=dtype, device=device)
+    rows = _side_by_side(dec, names, chosen, max_new_tokens)
+    _print_bench(dec, rows, names, f"{len(chosen)} prompts ({tasks}) x {max_new_tokens} tokens")
+    sample = next((r for r in rows if r.method == "auto"), rows[0])
+    prompt = next(p for _, p in chosen if p.id == sample.prompt_id)
+    text = dec.tokenizer.decode(sample.token_ids, skip_special_tokens=True)
+    typer.echo(f"\n{sample.method} on {prompt.id}: {' '.join(prompt.text.split())[:100]}...\n{text.strip()}")
+
+
+def _bench_prompts(category: Optional[str], tasks: Optional[str], per: int, seed: int):
+    """(task, prompt) pairs: Spec-Bench categories in file order, or task prompts chosen by seed."""
+    from speckv.data.prompts import spec_bench
+    from speckv.data.tasks import select
+
+    if per < 1:
+        raise SpeckvError(f"--prompts must be positive (got {per})")
+    if tasks:
+        return [(t, p) for t in _task_list(tasks) for p in select(t, per, seed)]
+    categories = [c.strip() for c in (category or "coding").split(",") if c.strip()]
+    chosen = [(p.category, p) for p in spec_bench(categories, per)]
+    if not chosen:
+        raise SpeckvError(f"no Spec-Bench prompts in category {category!r}")
+    return chosen
+
+
+def _side_by_side(dec, names, chosen, max_new_tokens):
+    from speckv.bench.side_by_side import run_side_by_side
+
+    bar = _Bar("benchmarking")
+    bar.start(len(chosen) * len(names), 0)
+    try:
+        return run_side_by_side(dec, names, chosen, max_new_tokens, bar.advance)
+    finally:
+        bar.stop()
+
+
+def _print_bench(dec, rows, names, what: str) -> None:
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from speckv.bench.side_by_side import per_task, summarize
+
+    summary = summarize(rows, names, names[0])
+    tasks = per_task(rows, names)
+    levels = f"target {dec.target.compression}, draft {dec.draft.compression}"
+    table = Table(title=f"{dec.target.name} <- {dec.draft.name}, {levels}\n{what}, torch threads {torch.get_num_threads()}",
+                  caption=f"speedup and same output: against {names[0]}; task columns: tokens/s; "
+                          "accepted: draft tokens accepted per step")
+    table.add_column("method", no_wrap=True)
+    for col in ("tok/s", "speedup", "accepted", *tasks, "same output"):
+        table.add_column(col, justify="right")
+    for s in summary:
+        acc, same = s["mean_accepted"], s["same_output"]
+        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['speedup']:.2f}x", "-" if acc is None else f"{acc:.2f}",
+                      *(f"{tasks[t][s['method']]:.2f}" for t in tasks), "-" if same is None else f"{100 * same:.0f}%")
+    Console().print(table)
 
 
 @app.command("reproduce-speckv")

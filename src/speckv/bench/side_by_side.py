@@ -1,5 +1,8 @@
 """Run several decoding methods on the same prompt ids, interleaved, and summarize tokens/s.
 
+Invariant: every method sees the same prompt ids back to back (the order rotated per prompt, so
+machine drift between methods averages out), and tokens/s is total tokens over total seconds.
+
 Methods: any controller spec (run through our engine), and `hf-assisted[:N]`, transformers'
 own assisted generation. transformers reads its drafting settings from the *draft's*
 generation_config, so we set them there: `hf-assisted` = its defaults (20 tokens, constant
@@ -15,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from speckv.api import Decoder
+from speckv.data.prompts import Prompt
 from speckv.errors import SpeckvError
 
 
@@ -27,10 +31,23 @@ class Row:
     mean_accepted: float | None  # accepted draft tokens per step (None: not observable for hf-assisted)
     overhead_frac: float | None  # wall time outside model forwards and controller calls (None for hf-assisted)
     token_ids: list[int]
+    task: str = ""
 
     @property
     def tokens_per_s(self) -> float:
         return self.new_tokens / self.wall_s
+
+
+def check_method(method: str) -> None:
+    """Validate a method spec before any model loads (controllers, or hf-assisted[:N])."""
+    from speckv.control import MAX_GAMMA, precheck
+
+    if not method.startswith("hf-assisted"):
+        precheck(method)
+        return
+    name, _, arg = method.partition(":")
+    if name != "hf-assisted" or (arg and not (arg.isdigit() and 1 <= int(arg) <= MAX_GAMMA)):
+        raise SpeckvError(f"unknown method {method!r}: hf-assisted takes an optional token count in [1, {MAX_GAMMA}]")
 
 
 def hf_assisted_settings(method: str) -> dict:
@@ -56,22 +73,48 @@ def _hf_assisted(decoder: Decoder, method: str, ids: list[int], max_new_tokens: 
     return out[0, len(ids):].tolist(), time.perf_counter() - t0
 
 
-def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], max_new_tokens: int) -> Row:
+def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], max_new_tokens: int, task: str = "") -> Row:
     if method.startswith("hf-assisted"):
         tokens, wall = _hf_assisted(decoder, method, ids, max_new_tokens)
-        return Row(method, prompt_id, len(tokens), wall, None, None, tokens)
+        return Row(method, prompt_id, len(tokens), wall, None, None, tokens, task)
     result = decoder.generate(ids, controller=method, max_new_tokens=max_new_tokens)
     s = result.stats
-    return Row(method, prompt_id, s.new_tokens, s.wall_s, s.mean_accepted, s.overhead_frac, result.token_ids)
+    return Row(method, prompt_id, s.new_tokens, s.wall_s, s.mean_accepted, s.overhead_frac, result.token_ids, task)
+
+
+def run_side_by_side(decoder: Decoder, methods: list[str], prompts: list[tuple[str, Prompt]], max_new_tokens: int,
+                     advance=None) -> list[Row]:
+    """Every method on every (task, prompt), methods interleaved per prompt in a rotating order."""
+    rows = []
+    for i, (task, prompt) in enumerate(prompts):
+        ids = decoder.encode(prompt.text)
+        for method in methods[i % len(methods):] + methods[: i % len(methods)]:
+            rows.append(run_method(decoder, method, prompt.id, ids, max_new_tokens, task))
+            if advance:
+                advance()
+    return rows
+
+
+def per_task(rows: list[Row], methods: list[str]) -> dict[str, dict[str, float]]:
+    """Aggregate tokens/s per task and method (tasks in first-seen order)."""
+    out: dict[str, dict[str, float]] = {}
+    for task in dict.fromkeys(r.task for r in rows):
+        out[task] = {}
+        for m in methods:
+            mine = [r for r in rows if r.task == task and r.method == m]
+            out[task][m] = round(sum(r.new_tokens for r in mine) / sum(r.wall_s for r in mine), 2) if mine else float("nan")
+    return out
 
 
 def summarize(rows: list[Row], methods: list[str], baseline: str) -> list[dict]:
     """Aggregate tokens/s (total tokens / total time) per method and the ratio to the baseline."""
     totals = {m: (sum(r.new_tokens for r in rows if r.method == m), sum(r.wall_s for r in rows if r.method == m)) for m in methods}
     base_tps = totals[baseline][0] / totals[baseline][1]
+    reference = {r.prompt_id: r.token_ids for r in rows if r.method == baseline}
     out = []
     for m in methods:
         tokens, wall = totals[m]
+        mine = [r for r in rows if r.method == m and r.prompt_id in reference]
         acc = [r.mean_accepted for r in rows if r.method == m and r.mean_accepted is not None]
         overhead = [r.overhead_frac for r in rows if r.method == m and r.overhead_frac is not None]
         out.append({
@@ -79,5 +122,20 @@ def summarize(rows: list[Row], methods: list[str], baseline: str) -> list[dict]:
             "mean_accepted": round(sum(acc) / len(acc), 2) if acc else None,
             "speedup": round(tokens / wall / base_tps, 3),
             "overhead_frac": round(sum(overhead) / len(overhead), 4) if overhead else None,
+            # share of prompts whose output equals the baseline's token for token (exact only in float32)
+            "same_output": round(sum(r.token_ids == reference[r.prompt_id] for r in mine) / len(mine), 3) if mine else None,
         })
     return out
+
+
+def bench_payload(decoder: Decoder, rows: list[Row], methods: list[str], config: dict) -> dict:
+    """What `speckv bench --out` writes: the summary, per-task tokens/s, every row and the setup."""
+    from transformers.utils import is_sklearn_available
+
+    return {"summary": summarize(rows, methods, methods[0]), "per_task": per_task(rows, methods),
+            "rows": [r.__dict__ for r in rows],
+            "config": {**config, "draft": decoder.draft.name, "target": decoder.target.name,
+                       "target_compression": decoder.target.compression, "draft_compression": decoder.draft.compression,
+                       "methods": methods, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       # with scikit-learn present, assisted generation adapts its confidence threshold
+                       "hf_assisted_sklearn": is_sklearn_available()}}
