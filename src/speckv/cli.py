@@ -154,6 +154,38 @@ def generate(
 
 
 @app.command()
+def serve(
+    draft: Draft = DEFAULT_DRAFT,
+    target: Target = DEFAULT_TARGET,
+    controller: Annotated[str, typer.Option(help="default controller (a request's `controller` field overrides it)")] = "auto",
+    dtype: Dtype = "bfloat16",
+    compression: Comp = None,
+    draft_compression: DraftComp = None,
+    device: Device = "auto",
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8000,
+    queue_size: Annotated[int, typer.Option(help="requests that may wait for the single generation worker (more: 429)")] = 16,
+    timeout: Annotated[float, typer.Option(help="seconds per request, queueing included (then 504)")] = 300.0,
+) -> None:
+    """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /metrics); see docs/server.md."""
+    import speckv
+    from speckv.control import precheck
+    from speckv.server import serve as run_server
+
+    if queue_size < 1:
+        raise SpeckvError(f"--queue-size must be at least 1 (got {queue_size})")
+    if not timeout > 0:
+        raise SpeckvError(f"--timeout must be positive (got {timeout})")
+    if not 0 <= port <= 65535:
+        raise SpeckvError(f"--port must be in [0, 65535] (got {port})")
+    uses_draft = precheck(controller)  # before loading gigabytes
+    dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
+                      device=device, compression=compression, draft_compression=draft_compression)
+    run_server(dec, host, port, queue_size=queue_size, timeout=timeout, model_name=target,
+               ready=lambda url: typer.echo(f"speckv: serving {target} at {url}"))
+
+
+@app.command()
 def bench(
     methods: Annotated[str, typer.Option(help="comma list: controllers, hf-assisted, hf-assisted:N")] = "autoregressive,fixed:4,hf-assisted,hf-assisted:4",
     category: Annotated[Optional[str], typer.Option(help="Spec-Bench categories, comma list (default coding unless --tasks)")] = None,
