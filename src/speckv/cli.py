@@ -189,7 +189,7 @@ def serve(
 def bench(
     methods: Annotated[str, typer.Option(help="comma list: controllers, hf-assisted, hf-assisted:N")] = "autoregressive,fixed:4,hf-assisted,hf-assisted:4",
     category: Annotated[Optional[str], typer.Option(help="Spec-Bench categories, comma list (default coding unless --tasks)")] = None,
-    tasks: Annotated[Optional[str], typer.Option(help="instead of --category: code,math,chat,summarization")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="instead of --category: code,math,chat,summarization, or edit (code editing, by name only)")] = None,
     prompts: Annotated[int, typer.Option(help="prompts per category or task")] = 10,
     max_new_tokens: int = 128,
     seed: Annotated[int, typer.Option(help="which task prompts (with --tasks)")] = 0,
@@ -224,7 +224,7 @@ def bench(
 
 @app.command()
 def demo(
-    tasks: Annotated[str, typer.Option(help="task types to draw prompts from")] = "code,math,chat,summarization",
+    tasks: Annotated[str, typer.Option(help="task types to draw prompts from; edit (code editing) by name only")] = "code,math,chat,summarization",
     prompts_per_task: int = 1,
     max_new_tokens: int = 64,
     methods: Annotated[str, typer.Option(help="methods side by side; the first is the baseline")] = "autoregressive,auto,fixed:4,hf-assisted",
@@ -384,7 +384,7 @@ def _task_list(text: str) -> tuple[str, ...]:
 @app.command()
 def profile(
     out: Annotated[Path, typer.Option(help="output directory (resumable)")],
-    tasks: Annotated[str, typer.Option(help="code,math,chat,summarization")] = "code,math,chat,summarization",
+    tasks: Annotated[str, typer.Option(help="code,math,chat,summarization (default); edit (code editing) by name only")] = "code,math,chat,summarization",
     gammas: Annotated[str, typer.Option(help="fixed speculation lengths")] = "2,4,6,8",
     compression: Annotated[str, typer.Option(help="target compression levels")] = "bf16,int8,nf4",
     draft_compression: Annotated[str, typer.Option(help="draft compression level")] = "bf16",
@@ -445,7 +445,7 @@ def _eval_config(out: Path, compression: Optional[str] = None, **changes):
 def trace(
     out: Annotated[Path, typer.Option(help="evaluation directory (resumable)")],
     split: Annotated[str, typer.Option(help="train, test or both")] = "both",
-    tasks: Annotated[str, typer.Option(help="code,math,chat,summarization")] = "code,math,chat,summarization",
+    tasks: Annotated[str, typer.Option(help="code,math,chat,summarization (default); edit (code editing) by name only")] = "code,math,chat,summarization",
     compression: Annotated[str, typer.Option(help="target compression levels")] = "bf16,int8,nf4",
     draft_compression: Annotated[str, typer.Option(help="draft compression level")] = "bf16",
     train_per_task: int = 6,

@@ -28,7 +28,7 @@ from speckv.control.artifact import Setup, default_path
 from speckv.control.oracle import Oracle
 from speckv.control.train import train_cost_aware, train_speckv
 from speckv.data.prompts import Prompt
-from speckv.data.tasks import TASKS, split
+from speckv.data.tasks import DEFAULT_TASKS, TASKS, split
 from speckv.errors import SpeckvError
 from speckv.files import read_parquet, write_parquet
 from speckv.measure.cost import CalibrationRun, CostModel
@@ -44,7 +44,7 @@ CALIBRATION = ("autoregressive", "fixed:1", "fixed:2", "fixed:4", "fixed:8", "p-
 
 @dataclass(frozen=True)
 class EvalConfig:
-    tasks: tuple[str, ...] = TASKS
+    tasks: tuple[str, ...] = DEFAULT_TASKS  # edit by name only: committed eval.json files record these four
     compressions: tuple[str, ...] = ("bf16", "int8", "nf4")
     controllers: tuple[str, ...] = CONTROLLERS
     baselines: tuple[str, ...] = BASELINES

@@ -1,4 +1,4 @@
-"""SpecKV's four task types, drawn from real benchmarks; deterministic selection by seed."""
+"""Task types: SpecKV's four, drawn from real benchmarks, plus code editing; deterministic selection by seed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ SPEC_BENCH_CATEGORIES = {
     "chat": ["writing", "roleplay", "reasoning", "stem", "humanities", "extraction", "qa"],
     "summarization": ["summarization"],
 }
-TASKS = tuple(SPEC_BENCH_CATEGORIES)
+#: SpecKV's four task types: the default of profile, trace and eval (their result directories record it).
+DEFAULT_TASKS = tuple(SPEC_BENCH_CATEGORIES)
+#: Every task, by name: the four plus "edit" (a real function from a dependency, pasted whole, and an edit).
+TASKS = (*DEFAULT_TASKS, "edit")
 
 
 def human_eval() -> list[Prompt]:
@@ -27,8 +30,12 @@ def human_eval() -> list[Prompt]:
 
 
 def task_pool(task: str) -> list[Prompt]:
-    if task not in SPEC_BENCH_CATEGORIES:
+    if task not in TASKS:
         raise SpeckvError(f"unknown task {task!r}; choose from {', '.join(TASKS)}")
+    if task == "edit":
+        from speckv.data.editing import edit_prompts  # imports numpy, pandas, torch... only when asked
+
+        return edit_prompts()
     pool = spec_bench(SPEC_BENCH_CATEGORIES[task])
     if task == "code":
         pool = human_eval() + pool
