@@ -74,14 +74,34 @@ def test_stops_at_eos_and_keeps_it(tiny_pair):
     assert tokens == full[: first + 1]
 
 
+class RecordingEngine(Engine):
+    """Keeps each run's drafter (runs own theirs) so a test can look at its cache."""
+
+    def new_drafter(self):
+        self.drafters = [*getattr(self, "drafters", []), super().new_drafter()]
+        return self.drafters[-1]
+
+
 def test_caches_hold_only_the_accepted_prefix(tiny_pair):
-    engine = Engine(*tiny_pair)
+    engine = RecordingEngine(*tiny_pair)
     events = engine.run([1, 2, 3], make_controller("fixed:6"), SamplingConfig(), 30)
     ids = [1, 2, 3]
     for event in events:
         ids += event.tokens
         if not event.finished:
-            assert engine.drafter.cache.get_seq_length() <= len(ids) - 1
+            assert engine.drafters[-1].cache.get_seq_length() <= len(ids) - 1
+    assert len(engine.drafters) == 1
+
+
+def test_each_run_gets_its_own_draft_cache(tiny_pair):
+    engine = RecordingEngine(*tiny_pair)
+    first = engine.run([1, 2, 3], make_controller("fixed:4"), SamplingConfig(), 20)
+    next(first)
+    list(engine.run([7, 8], make_controller("fixed:4"), SamplingConfig(), 20))
+    held = engine.drafters[0].cache.get_seq_length()
+    assert len(engine.drafters) == 2 and engine.drafters[0] is not engine.drafters[1]
+    assert 2 <= held  # the second run neither reset nor cropped the first run's cache
+    assert [t for e in first for t in e.tokens]  # and the first run goes on
 
 
 def test_bad_requests_are_user_errors(tiny_pair):

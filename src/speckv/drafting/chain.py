@@ -1,4 +1,8 @@
-"""Chain drafting: the draft model proposes tokens one at a time with its own KV cache."""
+"""Chain drafting: the draft model proposes tokens one at a time with its own KV cache.
+
+A ChainDrafter is one run's draft state (Engine.run makes a fresh one per run), so runs that
+share a draft model never share, reset or crop each other's cache.
+"""
 
 from __future__ import annotations
 
@@ -39,16 +43,13 @@ def token_signals(logits: torch.Tensor) -> TokenSignals:
 
 
 class ChainDrafter:
-    """Owns the draft model's cache; the cache always holds a prefix of the accepted ids."""
+    """Owns one run's draft cache; the cache always holds a prefix of the accepted ids."""
 
     def __init__(self, model: torch.nn.Module, vocab: int, sync):
         self.model = model
         self.vocab = vocab
         self.sync = sync
         self.cache = DynamicCache(config=model.config)
-
-    def reset(self) -> None:
-        self.cache = DynamicCache(config=self.model.config)
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
         return cached_logits(self.model, self.cache, tokens, 1, self.vocab)[0]

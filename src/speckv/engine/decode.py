@@ -3,6 +3,9 @@
 Invariant: each model's KV cache holds a prefix of `ids` that excludes the last token, so the
 next target forward is [ids[-1], *drafted] and yields k+1 rows of logits in one pass.
 Batch size 1: one request at a time (what speculative decoding helps most on CPU).
+Every run owns its state (both KV caches, the ChainDrafter, the sampling generator): an Engine
+holds only the models, so suspended runs on one Engine can be resumed in any order. The engine
+does not lock; callers that share one across threads serialize steps (api.Decoder does).
 """
 
 from __future__ import annotations
@@ -49,8 +52,32 @@ class Engine:
         self.sync = _sync_for(self.device)
         # Embedding tables are often padded past the tokenizer; compare over the shared rows.
         self.vocab = _vocab(target) if draft is None else min(_vocab(target), _vocab(draft))
-        self.drafter = ChainDrafter(draft, self.vocab, self.sync) if draft is not None else None
+        self.draft = draft
         self.acceptance = acceptance  # None: greedy or speculative sampling, by the config
+
+    def new_drafter(self) -> ChainDrafter:
+        """A drafter with an empty cache for one run (never shared between runs)."""
+        return ChainDrafter(self.draft, self.vocab, self.sync)
+
+    def check_prompt(self, prompt_ids: list[int], max_context: int | None = None) -> list[int]:
+        """The prompt as a list of ints, or a SpeckvError naming the bad id: an id outside the
+        embedding table otherwise fails deep inside torch with an IndexError."""
+        if not prompt_ids:
+            raise SpeckvError("empty prompt: nothing to condition on")
+        ids = []
+        for tok in prompt_ids:
+            if isinstance(tok, bool) or not hasattr(tok, "__index__"):
+                raise SpeckvError(f"token ids must be integers (got {tok!r} of type {type(tok).__name__})")
+            try:
+                tok = tok.__index__()
+            except TypeError:  # e.g. a float tensor
+                raise SpeckvError(f"token ids must be integers (got {tok!r})") from None
+            if not 0 <= tok < self.vocab:
+                raise SpeckvError(f"token id {tok} is outside the vocabulary (size {self.vocab}: ids 0..{self.vocab - 1})")
+            ids.append(tok)
+        if max_context is not None and len(ids) >= max_context:
+            raise SpeckvError(f"prompt has {len(ids)} tokens; the model's context is {max_context}")
+        return ids
 
     def _verify(self, cache: DynamicCache, feed: list[int], rows: int) -> torch.Tensor:
         return cached_logits(self.target, cache, feed, rows, self.vocab)
@@ -66,13 +93,10 @@ class Engine:
         max_context: int | None = None,
     ) -> Iterator[StepEvent]:
         """Yield one StepEvent per speculation step until EOS or max_new_tokens."""
-        if not prompt_ids:
-            raise SpeckvError("empty prompt: nothing to condition on")
         if max_new_tokens < 1:
             raise SpeckvError(f"max_new_tokens must be positive (got {max_new_tokens})")
-        if max_context is not None and len(prompt_ids) >= max_context:
-            raise SpeckvError(f"prompt has {len(prompt_ids)} tokens; the model's context is {max_context}")
-        if controller.uses_draft and self.drafter is None:
+        ids = self.check_prompt(prompt_ids, max_context)
+        if controller.uses_draft and self.draft is None:
             raise SpeckvError(f"controller {controller.name} needs a draft model")
         limit = max_new_tokens if max_context is None else min(max_new_tokens, max_context - len(prompt_ids))
         generator = None
@@ -80,8 +104,8 @@ class Engine:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(config.seed if config.seed is not None else torch.seed())
         accept = self.acceptance or (accept_speculative if config.do_sample else accept_greedy)
-        ids = list(prompt_ids)
         cache = DynamicCache(config=self.target.config)
+        drafter = self.new_drafter() if self.draft is not None else None  # cheap: its cache fills lazily
         controller.start(RequestInfo(len(ids), limit))
 
         t0 = time.perf_counter()
@@ -89,8 +113,6 @@ class Engine:
             self._verify(cache, ids[:-1], 1)
         self.sync()
         prefill_ms = (time.perf_counter() - t0) * 1000
-        if controller.uses_draft:
-            self.drafter.reset()
 
         produced = 0
         step = 0
@@ -103,10 +125,10 @@ class Engine:
             if budget:
                 if step == 0:  # the draft reads the prompt only for a controller that drafts at once:
                     t1 = time.perf_counter()  # one that starts with plain steps may never pay for it
-                    self.drafter.prefill(ids)
+                    drafter.prefill(ids)
                     self.sync()
                     prefill_ms += (time.perf_counter() - t1) * 1000
-                d = self.drafter.propose(ids, budget, controller, config, generator, stop_ids)
+                d = drafter.propose(ids, budget, controller, config, generator, stop_ids)
                 drafted, signals, draft_ms = d.tokens, d.signals, d.draft_ms
                 control_ms += d.control_ms
                 if d.probs:
@@ -131,7 +153,7 @@ class Engine:
             # Roll both caches back to the accepted prefix (all of ids but its last token).
             crop_to(cache, len(ids) - 1)
             if budget:
-                self.drafter.rollback(len(ids) - 1)
+                drafter.rollback(len(ids) - 1)
 
             t3 = time.perf_counter()
             controller.observe(StepOutcome(budget, len(drafted), verdict.accepted, tuple(signals)))
