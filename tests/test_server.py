@@ -279,9 +279,13 @@ def test_bad_requests_get_400_in_openai_shape(tiny_server):
     for path, body, param in BAD:
         err = assert_openai_error(httpx.post(f"{base}{path}", json=body, timeout=30), 400)
         assert err["param"] == param, (body, err)
-    for raw in (b"{not json", b'{"prompt": "abc", "temperature": NaN}', b"[]"):
+    for raw in (b"{not json", b'{"prompt": "abc", "temperature": NaN}', b"[]", b'{"prompt": "ab\\ud800"}',
+                b'{"prompt": "abc", "seed": 18446744073709551616}'):
         assert_openai_error(httpx.post(f"{base}/v1/completions", content=raw,
                                        headers={"content-type": "application/json"}), 400)
+    lone_surrogate = b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}]}'
+    assert_openai_error(httpx.post(f"{base}/v1/chat/completions", content=lone_surrogate,
+                                   headers={"content-type": "application/json"}), 400)
     err = assert_openai_error(httpx.post(f"{base}/v1/completions", json={"prompt": "abc", "model": "gpt-4"}), 404)
     assert err["code"] == "model_not_found"
     assert_openai_error(httpx.get(f"{base}/v1/nothing"), 404)
@@ -389,6 +393,16 @@ def test_metrics_and_health(tiny_pair):
         assert metric(text, "speckv_queue_capacity") == 3 and metric(text, "speckv_queue_depth") == 0
         assert metric(text, "speckv_requests_total", route="/v1/completions", code="200") == 2
         assert metric(text, "speckv_server_info", model="tiny", controller="fixed:4", draft="tiny-draft") == 1
+
+
+def test_draining_refuses_new_work_with_503(tiny_pair):
+    app = create_app(tiny_decoder(tiny_pair), queue_size=2, timeout=60)
+    with running(app) as base:
+        app.state.draining = True  # what the SIGTERM handler sets (serve.py)
+        assert httpx.get(f"{base}/health").status_code == 503
+        err = assert_openai_error(httpx.post(f"{base}/v1/completions", json={"prompt": "abc"}), 503,
+                                  "service_unavailable")
+        assert err["code"] == "shutting_down"
 
 
 # ---------------------------------------------------------------- the CLI: SIGTERM drains and exits 0

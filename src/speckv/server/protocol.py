@@ -27,9 +27,23 @@ from speckv.errors import SpeckvError
 DEFAULT_MAX_TOKENS = 512
 
 
+def _valid_text(text: str) -> str:
+    """JSON may carry a lone UTF-16 surrogate ("\\ud800"); tokenizers cannot encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode text (a lone surrogate at character {exc.start})") from None
+    return text
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: str
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _valid_text(value)
 
 
 class Message(BaseModel):
@@ -37,6 +51,11 @@ class Message(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, value):
+        return _valid_text(value) if isinstance(value, str) else value
 
     def as_template_turn(self) -> dict[str, str]:
         """The dict a chat template expects; OpenAI's newer "developer" role is a system turn."""
@@ -60,7 +79,7 @@ class _Sampling(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0)
     top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # what torch's generator takes
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -89,7 +108,7 @@ class _Sampling(BaseModel):
     @field_validator("stop")
     @classmethod
     def _stops(cls, value: str | list[str] | None) -> list[str]:
-        return [value] if isinstance(value, str) else list(value or [])
+        return [_valid_text(s) for s in ([value] if isinstance(value, str) else list(value or []))]
 
     def _unsupported(self) -> dict[str, bool]:
         return {
@@ -160,7 +179,7 @@ class CompletionRequest(_Sampling):
             raise ValueError("token-id prompts must be a non-empty list of non-negative ids")
         if isinstance(value, str) and not value.strip():
             raise ValueError("empty prompt")
-        return value
+        return _valid_text(value) if isinstance(value, str) else value
 
     def _unsupported(self) -> dict[str, bool]:
         return {**super()._unsupported(), "logprobs": self.logprobs is not None, "echo": self.echo,
