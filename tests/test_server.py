@@ -408,6 +408,22 @@ def test_draining_refuses_new_work_with_503(tiny_pair):
 # ---------------------------------------------------------------- the CLI: SIGTERM drains and exits 0
 
 
+def test_serve_refuses_bad_flags_before_loading_models(cli):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    port = busy.getsockname()[1]
+    with busy:
+        for args, message in ((["--port", str(port)], f"cannot listen on 127.0.0.1:{port}"),
+                              (["--port", "70000"], "--port must be in [0, 65535]"),
+                              (["--queue-size", "0"], "--queue-size must be at least 1"),
+                              (["--timeout", "-1"], "--timeout must be positive"),
+                              (["--controller", "bogus"], "unknown controller 'bogus'")):
+            code, out, err = cli("serve", "--target", "/nonexistent/model", *args)
+            assert code == 2 and out == "" and err.startswith(f"speckv: error: {message}"), (args, err)
+            assert len(err.strip().splitlines()) == 1
+
+
 def test_sigterm_finishes_the_inflight_stream_and_exits_zero(tmp_path):
     err = (tmp_path / "stderr").open("w")
     proc = subprocess.Popen(

@@ -171,17 +171,17 @@ def serve(
     import speckv
     from speckv.control import precheck
     from speckv.server import serve as run_server
+    from speckv.server.serve import bind
 
     if queue_size < 1:
         raise SpeckvError(f"--queue-size must be at least 1 (got {queue_size})")
     if not timeout > 0:
         raise SpeckvError(f"--timeout must be positive (got {timeout})")
-    if not 0 <= port <= 65535:
-        raise SpeckvError(f"--port must be in [0, 65535] (got {port})")
     uses_draft = precheck(controller)  # before loading gigabytes
+    sock = bind(host, port)  # a busy port or bad host fails now, not after the load
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression)
-    run_server(dec, host, port, queue_size=queue_size, timeout=timeout, model_name=target,
+    run_server(dec, host, port, queue_size=queue_size, timeout=timeout, model_name=target, sock=sock,
                ready=lambda url: typer.echo(f"speckv: serving {target} at {url}"))
 
 

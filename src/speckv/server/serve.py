@@ -40,6 +40,8 @@ class _DrainingServer(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
+    """Reserve the address without listening: the CLI binds before loading models (a busy port fails
+    in a second, not after the load), and connections are refused, not left hanging, meanwhile."""
     if not 0 <= port <= 65535:
         raise SpeckvError(f"--port must be in [0, 65535] (got {port})")
     try:
@@ -54,19 +56,19 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise SpeckvError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
     return sock
 
 
 def serve(decoder: Decoder, host: str = "127.0.0.1", port: int = 8000, *, queue_size: int = 16,
           timeout: float = 300.0, model_name: str | None = None, log_level: str = "info",
-          ready: Callable[[str], None] | None = None) -> None:
-    """Serve the Decoder until SIGTERM or Ctrl-C; `ready(url)` is called once the port is bound."""
+          ready: Callable[[str], None] | None = None, sock: socket.socket | None = None) -> None:
+    """Serve the Decoder until SIGTERM or Ctrl-C; `ready(url)` is called once the port accepts
+    connections. sock: an address reserved earlier with `bind(host, port)`."""
     if queue_size < 1:
         raise SpeckvError(f"--queue-size must be at least 1 (got {queue_size})")
     app = create_app(decoder, model_name=model_name, queue_size=queue_size, timeout=timeout)
-    sock = bind(host, port)
+    sock = sock or bind(host, port)
+    sock.listen(128)  # from here connections wait in the backlog until uvicorn accepts them
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     config = uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=GRACE_S,
