@@ -1,17 +1,26 @@
-"""The Python API: `speckv.load(...)` returns a Decoder with `generate` and `stream`."""
+"""The Python API: `speckv.load(...)` returns a Decoder with `generate` and `stream`.
+
+Invariants: a Decoder may be shared by threads and by suspended streams. Each run has its own
+state (engine caches and drafter, a fresh controller: a deep copy of the default, or one made
+from a spec), and one lock serializes the model work step by step, so runs interleave between
+steps and give exactly their single-threaded output. No lock is held while a piece is yielded.
+"""
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from speckv.control import Controller, Setup, make_controller, precheck
+from speckv.data.prompts import check_unicode
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.measure.records import Stats, StepRecord
 from speckv.models.compress import Compression
-from speckv.models.load import LoadedModel, load_model
+from speckv.models.load import LoadedModel, load_model, pick_device
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
@@ -52,6 +61,17 @@ class _Run:
     prefill_ms: float = 0.0
 
 
+def _stop_list(stop: str | list[str] | None) -> list[str]:
+    """Stop strings as a list: one str is one stop string (not its characters)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, (list, tuple)) or not all(isinstance(s, str) for s in stop):
+        raise SpeckvError(f"stop must be a string or a list of strings (got {stop!r})")
+    return [s for s in stop if s]
+
+
 def _check_tokenizers(target: LoadedModel, draft: LoadedModel) -> None:
     if target.tokenizer.get_vocab() != draft.tokenizer.get_vocab():
         raise SpeckvError(
@@ -61,7 +81,8 @@ def _check_tokenizers(target: LoadedModel, draft: LoadedModel) -> None:
 
 
 class Decoder:
-    """A loaded target (+ draft) and a default controller; batch size 1."""
+    """A loaded target (+ draft) and a default controller; batch size 1, safe to share (runs
+    take turns step by step)."""
 
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, controller: str | Controller | None = None):
         if draft is not None:
@@ -72,9 +93,12 @@ class Decoder:
         #: selects trained controller artifacts and calibrated costs for this pair
         self.setup = Setup(target.name, draft.name if draft else "-", target.compression,
                            draft.compression if draft else "-", target.model.device.type)
-        controller = controller or ("auto" if draft else "autoregressive")
-        self.controller = self.make_controller(controller) if isinstance(controller, str) else controller
+        if controller is None:
+            controller = "auto" if draft else "autoregressive"
+        #: the default policy: a template, each run gets a deep copy (runs never share its state)
+        self.controller = self._controller(controller)
         self.engine = Engine(target.model, draft.model if draft else None)
+        self._lock = threading.Lock()  # held for one engine step (or one tokenizer call) at a time
         eos = target.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         if self.tokenizer.eos_token_id is not None:
@@ -87,15 +111,47 @@ class Decoder:
             raise SpeckvError(f"controller {controller.name} needs a draft model")
         return controller
 
+    def _controller(self, controller: str | Controller) -> Controller:
+        if isinstance(controller, str):
+            return self.make_controller(controller)
+        if not isinstance(controller, Controller):
+            raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
+        if controller.uses_draft and self.draft is None:
+            raise SpeckvError(f"controller {controller.name} needs a draft model")
+        return controller
+
+    def _run_controller(self, controller: str | Controller | None) -> Controller:
+        """This run's controller: None = a fresh copy of the default; a Controller object passed
+        in is used as-is (the caller may inspect it afterwards, and must not share it between
+        concurrent runs)."""
+        if controller is None:
+            return copy.deepcopy(self.controller)
+        return self._controller(controller)
+
     def encode(self, prompt: str, raw: bool = False) -> list[int]:
         """Token ids for a prompt; through the chat template unless raw."""
-        if not prompt or not prompt.strip():
+        if not isinstance(prompt, str):
+            raise SpeckvError(f"prompt must be a string or a list of token ids (got {type(prompt).__name__})")
+        if not prompt.strip():
             raise SpeckvError("empty prompt")
-        if raw or not self.tokenizer.chat_template:
-            return self.tokenizer(prompt, add_special_tokens=True)["input_ids"]
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
+        check_unicode(prompt, "prompt")
+        with self._lock:  # a fast tokenizer may refuse concurrent calls ("Already borrowed")
+            if raw or not self.tokenizer.chat_template:
+                return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
+            return list(self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
+            )["input_ids"])
+
+    def prepare(self, prompt: str | list[int], raw: bool = False) -> list[int]:
+        """A prompt's token ids, checked against the vocabulary and the target's context: lets a
+        caller validate a whole batch of prompts before generating any of them."""
+        if isinstance(prompt, str):
+            ids = self.encode(prompt, raw)
+        elif isinstance(prompt, (list, tuple)):
+            ids = list(prompt)
+        else:
+            raise SpeckvError(f"prompt must be a string or a list of token ids (got {type(prompt).__name__})")
+        return self.engine.check_prompt(ids, self.target.max_context)
 
     def _run(
         self,
@@ -109,34 +165,49 @@ class Decoder:
         **sampling,
     ) -> Iterator[str]:
         config = SamplingConfig(**sampling)
-        ctrl = self.make_controller(controller) if isinstance(controller, str) else (controller or self.controller)
-        ids = list(prompt) if isinstance(prompt, list) else self.encode(prompt, raw)
-        stops = [s for s in (stop or []) if s]
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int):
+            raise SpeckvError(f"max_new_tokens must be an integer (got {max_new_tokens!r})")
+        stops = _stop_list(stop)
+        ctrl = self._run_controller(controller)
+        ids = self.prepare(prompt, raw)
         run.prompt_ids = ids
         events = self.engine.run(ids, ctrl, config, max_new_tokens, self.stop_ids, self.target.max_context)
-        for event in events:
-            run.prefill_ms += event.prefill_ms
-            run.steps.append(event.record)
-            run.token_ids += event.tokens
-            if event.finished:
-                run.finish_reason = event.finished
-            run.text = self.tokenizer.decode(run.token_ids, skip_special_tokens=True)
-            cut = min((i for s in stops if (i := run.text.find(s)) >= 0), default=-1)
-            if cut >= 0:
-                run.text, run.finish_reason = run.text[:cut], "stop"
-                while run.token_ids and len(self.tokenizer.decode(run.token_ids[:-1], skip_special_tokens=True)) >= cut:
-                    run.token_ids.pop()
-                yield run.text[run.emitted:]
-                events.close()
+        while True:
+            with self._lock:  # one engine step, and the decoding it needs; never held across a yield
+                piece, done = self._step(events, run, stops)
+            if piece:
+                yield piece
+            if done:
                 return
-            safe = len(run.text) - _held_back(run.text, stops)
-            if run.text[:safe].endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
-                safe -= 1
-            if event.finished:
-                safe = len(run.text)
-            if safe > run.emitted:
-                yield run.text[run.emitted:safe]
-                run.emitted = safe
+
+    def _step(self, events: Iterator, run: _Run, stops: list[str]) -> tuple[str, bool]:
+        """Advance one engine step: (the text that became final, whether the run is over)."""
+        event = next(events, None)
+        if event is None:
+            return "", True
+        run.prefill_ms += event.prefill_ms
+        run.steps.append(event.record)
+        run.token_ids += event.tokens
+        if event.finished:
+            run.finish_reason = event.finished
+        run.text = self.tokenizer.decode(run.token_ids, skip_special_tokens=True)
+        cut = min((i for s in stops if (i := run.text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            run.text, run.finish_reason = run.text[:cut], "stop"
+            while run.token_ids and len(self.tokenizer.decode(run.token_ids[:-1], skip_special_tokens=True)) >= cut:
+                run.token_ids.pop()
+            events.close()
+            return run.text[run.emitted:], True
+        safe = len(run.text) - _held_back(run.text, stops)
+        if run.text[:safe].endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the rest
+            safe -= 1
+        if event.finished:
+            safe = len(run.text)
+        piece = ""
+        if safe > run.emitted:
+            piece = run.text[run.emitted:safe]
+            run.emitted = safe
+        return piece, bool(event.finished)
 
     def generate(self, prompt: str | list[int], **kwargs) -> Result:
         """Generate for one prompt (text, or token ids used as-is). kwargs: max_new_tokens, stop,
@@ -158,16 +229,21 @@ def load(
     target: str = DEFAULT_TARGET,
     draft: str | None = DEFAULT_DRAFT,
     dtype: str = "bfloat16",
-    controller: str = "auto",
+    controller: str | Controller | None = None,
     device: str = "auto",
     compression: str | None = None,
     draft_compression: str | None = None,
 ) -> Decoder:
     """Load (provisioning if needed) a target and draft; draft=None gives the target alone.
 
-    dtype sets both models; compression (fp32|bf16|fp16|int8|nf4) overrides it for the target
-    and draft_compression for the draft. Losslessness is relative to the compressed target."""
-    precheck(controller)  # fail on a bad controller before loading gigabytes
+    controller None: `auto` with a draft, `autoregressive` without. dtype sets both models;
+    compression (fp32|bf16|fp16|int8|nf4) overrides it for the target and draft_compression for
+    the draft. Losslessness is relative to the compressed target."""
+    if isinstance(controller, str):
+        precheck(controller)  # fail on a bad controller before loading gigabytes
+    elif controller is not None and not isinstance(controller, Controller):
+        raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
+    pick_device(device)  # an unknown device fails before loading too
     target_level = Compression.parse(compression or dtype).level
     draft_level = Compression.parse(draft_compression or dtype).level
     target_model = load_model(target, target_level, device)

@@ -93,7 +93,12 @@ def models_info(
 
     if context < 1:
         raise SpeckvError(f"--context must be positive (got {context})")
+    cap = 32768  # the timing prefills the whole context in one forward: past this it runs for ages or OOMs
+    if context > cap:
+        raise SpeckvError(f"--context {context} is over the cap of {cap} tokens")
     loaded = load_model(name, compression, device)
+    if context + 8 > loaded.max_context:  # 8: the longest timed forward comes on top of the context
+        raise SpeckvError(f"--context {context} + 8 timed tokens exceeds {name}'s context of {loaded.max_context} tokens")
     ms = forward_ms(loaded.model, context=context)
     typer.echo(f"model        {name} ({loaded.path})")
     typer.echo(f"compression  {loaded.compression} on {loaded.model.device}, torch threads {torch.get_num_threads()}")
@@ -124,13 +129,15 @@ def generate(
 ) -> None:
     """Generate text with speculative decoding (streams unless --json)."""
     import speckv
-    from speckv.data.prompts import read_jsonl
+    from speckv.data.prompts import Prompt, check_unicode, read_jsonl
 
     if (prompt is None) == (prompts_file is None):
         raise SpeckvError("give a PROMPT or --prompts-file (exactly one)")
-    texts = [p.text for p in read_jsonl(prompts_file)] if prompts_file else [prompt]
-    if not all(t.strip() for t in texts):
+    prompts = read_jsonl(prompts_file) if prompts_file else [Prompt("", prompt)]
+    if not all(p.text.strip() for p in prompts):
         raise SpeckvError("empty prompt")
+    if prompt is not None:
+        check_unicode(prompt)
     if max_new_tokens < 1:
         raise SpeckvError(f"--max-new-tokens must be positive (got {max_new_tokens})")
     if temperature < 0 or math.isnan(temperature):
@@ -142,12 +149,18 @@ def generate(
     uses_draft = precheck(controller)  # the target alone needs no draft loaded
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression)
-    kwargs = dict(max_new_tokens=max_new_tokens, stop=stop, raw=raw, **sampling)
-    for text in texts:
+    encoded = []
+    for p in prompts:  # every prompt must fit before any is generated
+        try:
+            encoded.append(dec.prepare(p.text, raw))
+        except SpeckvError as exc:
+            raise SpeckvError(f"{prompts_file}:{p.line}: {exc}" if prompts_file else str(exc)) from None
+    kwargs = dict(max_new_tokens=max_new_tokens, stop=stop, **sampling)
+    for ids in encoded:
         if as_json:
-            typer.echo(json.dumps(dec.generate(text, **kwargs).to_json()))
+            typer.echo(json.dumps(dec.generate(ids, **kwargs).to_json()))
             continue
-        for piece in dec.stream(text, **kwargs):
+        for piece in dec.stream(ids, **kwargs):
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")

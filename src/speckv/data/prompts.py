@@ -14,13 +14,24 @@ class Prompt:
     id: str
     text: str
     category: str = ""
+    line: int = 0  # 1-based line in the file it came from (0: not from a file)
+
+
+def check_unicode(text: str, where: str = "prompt") -> None:
+    """Refuse a lone UTF-16 surrogate (JSON "\\ud800" decodes to one): tokenizers and UTF-8
+    output cannot encode it, and fail with a traceback far from the input."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise SpeckvError(f"{where} has a lone UTF-16 surrogate {text[exc.start]!r} at character {exc.start}: "
+                          "not valid Unicode text") from None
 
 
 def read_jsonl(path: str | Path) -> list[Prompt]:
     """Each line: {"prompt": ...} or Spec-Bench's {"turns": [...]} (first turn). Errors name file:line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")  # not splitlines(): JSON strings may hold U+2028 etc.
     except (OSError, UnicodeDecodeError) as exc:
         raise SpeckvError(f"cannot read prompts file {path}: {exc}") from None
     prompts = []
@@ -38,8 +49,9 @@ def read_jsonl(path: str | Path) -> list[Prompt]:
             text = row["turns"][0]
         if not isinstance(text, str) or not text.strip():
             raise SpeckvError(f"{path}:{n}: needs a non-empty 'prompt' string or a 'turns' list")
+        check_unicode(text, f"{path}:{n}: prompt")
         pid = str(row.get("question_id", row.get("id", n)))
-        prompts.append(Prompt(pid, text, str(row.get("category", ""))))
+        prompts.append(Prompt(pid, text, str(row.get("category", "")), n))
     if not prompts:
         raise SpeckvError(f"{path}: no prompts")
     return prompts

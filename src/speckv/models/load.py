@@ -25,13 +25,29 @@ class LoadedModel:
         return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
 
 
+DEVICES = ("cpu", "cuda", "mps")  # where a model can run (torch also parses meta, xla, ...: not here)
+
+
 def pick_device(device: str = "auto") -> torch.device:
-    """CUDA when present, else CPU: one code path, device chosen at run time."""
+    """CUDA when present, else CPU: one code path, device chosen at run time. Anything else
+    (tpu, meta, cuda:7 on a one-GPU machine) fails here, before a model is loaded."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SpeckvError("--device cuda requested but no CUDA device is available")
-    return torch.device(device)
+    choices = "choose auto, cpu, cuda or cuda:N"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SpeckvError(f"unknown device {device!r}; {choices}") from None
+    if dev.type not in DEVICES:
+        raise SpeckvError(f"unsupported device {device!r}; {choices}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpeckvError(f"--device {device} requested but no CUDA device is available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpeckvError(f"--device {device}: there are {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise SpeckvError(f"--device {device} requested but MPS is not available")
+    return dev
 
 
 def load_model(name_or_path: str, compression: str = "bf16", device: str = "auto") -> LoadedModel:
