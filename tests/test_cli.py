@@ -119,11 +119,11 @@ def test_sigint_during_generation_exits_130(smol):
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "speckv", "generate", "Count from one to one thousand in words.", "--target", SMOL,
-         "--controller", "autoregressive", "--max-new-tokens", "4000"],
+        [sys.executable, "-m", "speckv", "generate", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "--raw", "--target", SMOL,
+         "--controller", "autoregressive", "--max-new-tokens", "4000"],  # counting on: far from done at the signal
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
-        assert proc.stdout.read(1)  # generation has started
+        assert proc.stdout.read(8)  # generation has started
         time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
