@@ -157,6 +157,21 @@ def test_suspended_stream_resumes_after_another_generate(dec):
     assert [CHARS.index(c) for c in "".join(head + tail)] == expected.token_ids  # one char per token
 
 
+def test_stream_result_and_close(dec):
+    """A drained stream's result() is generate()'s; a closed one holds exactly the pieces it gave."""
+    expected = dec.generate("The quick brown fox", max_new_tokens=40)
+    stream = dec.stream("The quick brown fox", max_new_tokens=40)
+    text = "".join(stream)
+    assert text == expected.text and outcome(stream.result()) == outcome(expected)
+    stream = dec.stream("The quick brown fox", max_new_tokens=40)
+    head = next(stream) + next(stream)
+    stream.close()
+    partial = stream.result()
+    assert partial.text.startswith(head) and expected.token_ids[: len(partial.token_ids)] == partial.token_ids
+    assert 0 < len(partial.token_ids) < len(expected.token_ids) and partial.stats.wall_s > 0
+    assert next(stream, None) is None  # closed: nothing more runs
+
+
 def test_two_suspended_streams_interleave(dec):
     a, b = "Hello there", "99 bottles"
     want_a, want_b = dec.generate(a, max_new_tokens=50).text, dec.generate(b, max_new_tokens=50).text

@@ -135,12 +135,22 @@ class Decoder:
         if not prompt.strip():
             raise SpeckvError("empty prompt")
         check_unicode(prompt, "prompt")
-        with self._lock:  # a fast tokenizer may refuse concurrent calls ("Already borrowed")
-            if raw or not self.tokenizer.chat_template:
+        if raw or not self.tokenizer.chat_template:
+            with self._lock:  # a fast tokenizer may refuse concurrent calls ("Already borrowed")
                 return list(self.tokenizer(prompt, add_special_tokens=True)["input_ids"])
-            return list(self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_dict=True
-            )["input_ids"])
+        return self.encode_chat([{"role": "user", "content": prompt}])
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation (role/content dicts) through the chat template, ready for
+        the assistant's turn."""
+        if not self.tokenizer.chat_template:
+            raise SpeckvError(f"{self.target.name} has no chat template; give a raw prompt")
+        try:
+            with self._lock:
+                return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                               return_dict=True)["input_ids"])
+        except Exception as exc:  # jinja raises on turn orders a template refuses
+            raise SpeckvError(f"the chat template rejected these messages: {exc}") from None
 
     def prepare(self, prompt: str | list[int], raw: bool = False) -> list[int]:
         """A prompt's token ids, checked against the vocabulary and the target's context: lets a
@@ -212,17 +222,49 @@ class Decoder:
     def generate(self, prompt: str | list[int], **kwargs) -> Result:
         """Generate for one prompt (text, or token ids used as-is). kwargs: max_new_tokens, stop,
         raw, controller, and transformers' sampling names do_sample/temperature/top_k/top_p/seed."""
-        run = _Run([])
-        t0 = time.perf_counter()
-        for _ in self._run(prompt, run, **kwargs):
+        stream = self.stream(prompt, **kwargs)
+        for _ in stream:
             pass
-        wall = time.perf_counter() - t0
+        return stream.result()
+
+    def stream(self, prompt: str | list[int], **kwargs) -> Stream:
+        """A generation to iterate: text pieces as soon as they are final (same kwargs as generate);
+        `.result()` afterwards gives ids, steps and stats, `.close()` stops it between steps."""
+        return Stream(self._run(prompt, run := _Run([]), **kwargs), run)
+
+
+class Stream(Iterator[str]):
+    """One generation in progress. Nothing runs until the first `next()` (bad arguments raise
+    there too); the wall clock counts from then to the last piece or `close()`."""
+
+    def __init__(self, pieces: Iterator[str], run: _Run):
+        self._pieces, self._run = pieces, run
+        self._t0: float | None = None
+        self._wall: float | None = None
+
+    def __next__(self) -> str:
+        if self._t0 is None:
+            self._t0 = time.perf_counter()
+        try:
+            return next(self._pieces)
+        except StopIteration:
+            self._stop_clock()
+            raise
+
+    def close(self) -> None:
+        """Stop between engine steps; result() then holds what was generated so far."""
+        self._pieces.close()
+        self._stop_clock()
+
+    def _stop_clock(self) -> None:
+        if self._wall is None:
+            self._wall = time.perf_counter() - self._t0 if self._t0 is not None else 0.0
+
+    def result(self) -> Result:
+        run = self._run
+        wall = self._wall if self._wall is not None else time.perf_counter() - (self._t0 or time.perf_counter())
         stats = Stats.from_steps(run.steps, len(run.token_ids), wall, run.prefill_ms)
         return Result(run.text, run.prompt_ids, run.token_ids, run.steps, stats, run.finish_reason)
-
-    def stream(self, prompt: str | list[int], **kwargs) -> Iterator[str]:
-        """Yield text pieces as soon as they are final (same kwargs as generate)."""
-        yield from self._run(prompt, _Run([]), **kwargs)
 
 
 def load(

@@ -1,10 +1,8 @@
 """The server's view of a Decoder: request -> prompt ids -> a step-by-step generation -> usage.
 
-Why not `Decoder.stream`: it yields text only, and the server also needs the finish reason, the
-generated token count and the step records (usage, metrics). `Generation` drives the same per-run
-loop that `Decoder.generate` and `Decoder.stream` share (`Decoder._run` over an `api._Run`), so
-greedy text and token ids through the server are exactly `Decoder.generate`'s. This module is the
-only place the server touches Decoder internals.
+`Generation` wraps `Decoder.stream` (the very loop `Decoder.generate` drains), so greedy text and
+token ids through the server are exactly `Decoder.generate`'s; its `result()` gives the finish
+reason, token counts and step records for usage and metrics.
 
 Invariant: everything here runs on the worker thread (tokenizer, controllers and models are not
 shared with the event loop).
@@ -12,13 +10,11 @@ shared with the event loop).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from speckv import api
 from speckv.engine import SamplingConfig
-from speckv.errors import SpeckvError
 from speckv.measure.records import Stats, StepRecord
 from speckv.server.protocol import ChatRequest, CompletionRequest
 
@@ -59,28 +55,24 @@ class Summary:
 
 class Generation:
     """One request's run: iterate for text pieces (each after one or more engine steps), then
-    `summary()`. `close()` stops it between steps (the engine's generator is closed)."""
+    `summary()`. `close()` stops it between steps."""
 
     def __init__(self, decoder: api.Decoder, ids: list[int], controller, kwargs: dict):
         """controller: a Controller for this request, or None for the Decoder's default."""
         self.controller = (controller or decoder.controller).name
         self.prompt_tokens = len(ids)
-        self._run = api._Run([])
-        self._pieces = decoder._run(ids, self._run, controller=controller, **kwargs)
-        self._t0 = time.perf_counter()
+        self._stream = decoder.stream(ids, controller=controller, **kwargs)
 
     def __iter__(self) -> Iterator[str]:
-        return self._pieces
+        return self._stream
 
     def close(self) -> None:
-        self._pieces.close()
+        self._stream.close()
 
     def summary(self, queue_s: float = 0.0) -> Summary:
-        run = self._run
-        wall = time.perf_counter() - self._t0
-        stats = Stats.from_steps(run.steps, len(run.token_ids), wall, run.prefill_ms)
-        return Summary(len(run.prompt_ids), len(run.token_ids), FINISH.get(run.finish_reason, "length"),
-                       stats, run.steps, self.controller, queue_s)
+        result = self._stream.result()
+        return Summary(len(result.prompt_ids), len(result.token_ids), FINISH.get(result.finish_reason, "length"),
+                       result.stats, result.steps, self.controller, queue_s)
 
 
 class DecoderBackend:
@@ -95,27 +87,9 @@ class DecoderBackend:
 
     def prompt_ids(self, request: ChatRequest | CompletionRequest) -> list[int]:
         """Chat: the tokenizer's chat template over every turn; completions: the raw text (or ids)."""
-        tok = self.decoder.tokenizer
         if isinstance(request, ChatRequest):
-            if not getattr(tok, "chat_template", None):
-                raise SpeckvError("this model has no chat template; use /v1/completions with a raw prompt")
-            turns = [m.as_template_turn() for m in request.messages]
-            try:
-                ids = tok.apply_chat_template(turns, add_generation_prompt=True, tokenize=True,
-                                              return_dict=True)["input_ids"]
-            except Exception as exc:  # jinja raises on turn orders a template refuses
-                raise SpeckvError(f"the chat template rejected these messages: {exc}") from None
-        elif isinstance(request.prompt, str):
-            ids = self.decoder.encode(request.prompt, raw=True)
-        else:
-            vocab = len(tok.get_vocab())
-            if max(request.prompt) >= vocab:
-                raise SpeckvError(f"token id {max(request.prompt)} is outside the vocabulary (size {vocab})")
-            ids = list(request.prompt)
-        context = self.decoder.target.max_context
-        if len(ids) >= context:
-            raise SpeckvError(f"prompt has {len(ids)} tokens; the model's context is {context}")
-        return ids
+            return self.decoder.prepare(self.decoder.encode_chat([m.as_template_turn() for m in request.messages]))
+        return self.decoder.prepare(request.prompt, raw=True)  # raw text, or token ids checked like the API's
 
     def start(self, request: ChatRequest | CompletionRequest) -> Generation:
         """Validate everything that needs the loaded models, then begin (no step taken yet)."""
