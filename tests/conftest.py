@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import string
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +23,36 @@ def tiny_model(seed: int, vocab: int = 64, layers: int = 2, hidden: int = 32, te
     with torch.no_grad():  # sharpen logits so greedy/sampled paths are not all near-uniform
         model.lm_head.weight.mul_(temperature)
     return model
+
+
+#: 64 symbols, one per row of the tiny models' vocabulary
+CHARS = string.ascii_letters + string.digits + " \n"
+
+
+class CharTokenizer:
+    """One token per character: enough tokenizer for a Decoder over the tiny random models."""
+
+    chat_template = None
+    eos_token_id = None
+
+    def get_vocab(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(CHARS)}
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [CHARS.index(c) for c in text]}
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(CHARS[i] for i in ids)
+
+
+def tiny_decoder(pair, controller=None):
+    """A Decoder over (target, draft) tiny models with the character tokenizer."""
+    from speckv.api import Decoder
+    from speckv.models.load import LoadedModel
+
+    target, draft = pair
+    return Decoder(LoadedModel("tiny-target", Path("."), target, CharTokenizer(), "fp32"),
+                   LoadedModel("tiny-draft", Path("."), draft, CharTokenizer(), "fp32"), controller)
 
 
 @pytest.fixture(scope="session")

@@ -6,41 +6,18 @@ from __future__ import annotations
 
 import json
 import re
-import string
 import threading
 from pathlib import Path
 
 import pytest
 
 import speckv
+from conftest import CHARS, CharTokenizer, tiny_decoder
 from speckv.api import Decoder
 from speckv.data.prompts import read_jsonl
 from speckv.errors import SpeckvError
 from speckv.models.load import LoadedModel, pick_device
 
-CHARS = string.ascii_letters + string.digits + " \n"  # 64 symbols: one per row of the tiny vocabulary
-
-
-class CharTokenizer:
-    """One token per character: enough tokenizer for the Decoder over the tiny random models."""
-
-    chat_template = None
-    eos_token_id = None
-
-    def get_vocab(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(CHARS)}
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
-        return {"input_ids": [CHARS.index(c) for c in text]}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return "".join(CHARS[i] for i in ids)
-
-
-def tiny_decoder(tiny_pair, controller=None) -> Decoder:
-    target, draft = tiny_pair
-    return Decoder(LoadedModel("tiny-target", Path("."), target, CharTokenizer(), "fp32"),
-                   LoadedModel("tiny-draft", Path("."), draft, CharTokenizer(), "fp32"), controller)
 
 
 @pytest.fixture

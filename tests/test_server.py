@@ -25,31 +25,13 @@ import pytest
 import uvicorn
 
 import speckv
+from conftest import CharTokenizer
 from speckv.api import Decoder
 from speckv.control.fixed import Fixed
 from speckv.models.load import LoadedModel
 from speckv.server import create_app
 
 SMOL = "smollm2-135m-instruct"
-CHARS = "".join(chr(c) for c in range(ord("a"), ord("z") + 1)) + "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 \n"
-
-
-class CharTokenizer:
-    """One token per character (64 symbols = the tiny models' vocabulary); no chat template."""
-
-    chat_template = None
-    eos_token_id = None
-
-    def get_vocab(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(CHARS)}
-
-    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
-        return {"input_ids": [CHARS.index(c) for c in text]}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
-        return "".join(CHARS[i] for i in ids)
-
-
 class Paced(Fixed):
     """fixed:4 that waits for `gate` (and then `delay` s) before every step: a generation we can
     hold, or slow down, without depending on the machine's speed."""
