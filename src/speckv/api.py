@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from speckv.control import Controller, Setup, make_controller, precheck
+from speckv.control import Controller, ControllerSpec, Setup, make_controller
 from speckv.data.prompts import check_unicode
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
@@ -105,14 +105,14 @@ class Decoder:
             eos.append(self.tokenizer.eos_token_id)
         self.stop_ids = frozenset(eos)
 
-    def make_controller(self, spec: str) -> Controller:
+    def make_controller(self, spec: str | ControllerSpec) -> Controller:
         controller = make_controller(spec, self.setup)
         if controller.uses_draft and self.draft is None:
             raise SpeckvError(f"controller {controller.name} needs a draft model")
         return controller
 
-    def _controller(self, controller: str | Controller) -> Controller:
-        if isinstance(controller, str):
+    def _controller(self, controller: str | ControllerSpec | Controller) -> Controller:
+        if isinstance(controller, (str, ControllerSpec)):
             return self.make_controller(controller)
         if not isinstance(controller, Controller):
             raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
@@ -271,7 +271,7 @@ def load(
     target: str = DEFAULT_TARGET,
     draft: str | None = DEFAULT_DRAFT,
     dtype: str = "bfloat16",
-    controller: str | Controller | None = None,
+    controller: str | ControllerSpec | Controller | None = None,
     device: str = "auto",
     compression: str | None = None,
     draft_compression: str | None = None,
@@ -281,8 +281,8 @@ def load(
     controller None: `auto` with a draft, `autoregressive` without. dtype sets both models;
     compression (fp32|bf16|fp16|int8|nf4) overrides it for the target and draft_compression for
     the draft. Losslessness is relative to the compressed target."""
-    if isinstance(controller, str):
-        precheck(controller)  # fail on a bad controller before loading gigabytes
+    if isinstance(controller, (str, ControllerSpec)):
+        ControllerSpec.parse(controller)  # fail on a bad controller before loading gigabytes
     elif controller is not None and not isinstance(controller, Controller):
         raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
     pick_device(device)  # an unknown device fails before loading too

@@ -144,9 +144,9 @@ def generate(
         raise SpeckvError(f"--temperature must be >= 0 (got {temperature})")
     sampling = {"do_sample": temperature > 0, "temperature": temperature or 1.0, "top_p": top_p, "top_k": top_k, "seed": seed}
     speckv.SamplingConfig(**sampling)  # validate before loading models
-    from speckv.control import precheck
+    from speckv.control import ControllerSpec
 
-    uses_draft = precheck(controller)  # the target alone needs no draft loaded
+    uses_draft = ControllerSpec.parse(controller).uses_draft  # the target alone needs no draft loaded
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression)
     encoded = []
@@ -182,7 +182,7 @@ def serve(
 ) -> None:
     """OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, /metrics); see docs/server.md."""
     import speckv
-    from speckv.control import precheck
+    from speckv.control import ControllerSpec
     from speckv.server import serve as run_server
     from speckv.server.serve import bind
 
@@ -190,7 +190,7 @@ def serve(
         raise SpeckvError(f"--queue-size must be at least 1 (got {queue_size})")
     if not timeout > 0:
         raise SpeckvError(f"--timeout must be positive (got {timeout})")
-    uses_draft = precheck(controller)  # before loading gigabytes
+    uses_draft = ControllerSpec.parse(controller).uses_draft  # before loading gigabytes
     sock = bind(host, port)  # a busy port or bad host fails now, not after the load
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression)
@@ -565,13 +565,14 @@ def eval_(
 ) -> None:
     """Replay every controller and run them live on held-out prompts; tables with bootstrap CIs."""
     from speckv.bench.evaluate import Session, assemble, evaluate, unit_path
-    from speckv.control import precheck
+    from speckv.control import ControllerSpec
     from speckv.report.eval_page import build
 
     names = _csv_list(controllers)
-    for name in names:
-        if name != "oracle":
-            precheck(name)
+    for name in names:  # fail on a bad name before loading models
+        ControllerSpec.parse(name, allow_replay_only=True)
+    for name in _csv_list(baselines):
+        ControllerSpec.parse(name, allow_replay_only=True, allow_external=True)
     config = _eval_config(out, compression, controllers=names, baselines=_csv_list(baselines))
     total = len(config.compressions) * len(config.prompts("test"))
     done = sum(unit_path(out, level, p.id, "runs").is_file() for level in config.compressions

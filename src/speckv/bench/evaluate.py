@@ -26,6 +26,7 @@ from speckv.bench.side_by_side import hf_assisted_settings, run_method
 from speckv.control import cost_path
 from speckv.control.artifact import Setup, default_path
 from speckv.control.oracle import Oracle
+from speckv.control.spec import ControllerSpec
 from speckv.control.train import train_cost_aware, train_speckv
 from speckv.data.prompts import Prompt
 from speckv.data.tasks import DEFAULT_TASKS, TASKS, split
@@ -40,6 +41,11 @@ from speckv.measure.trace import collect_trace, load_trace, load_traces, save_tr
 CONTROLLERS = ("fixed:4", "hf-heuristic", "hf-confidence:16", "p-min", "speckv", "cost-aware", "oracle")
 BASELINES = ("autoregressive", "hf-assisted")
 CALIBRATION = ("autoregressive", "fixed:1", "fixed:2", "fixed:4", "fixed:8", "p-min")
+
+
+def _spec(text: str) -> ControllerSpec:
+    """An evaluation's controller or baseline: the oracle (replay only) and hf-assisted (live only) too."""
+    return ControllerSpec.parse(text, allow_replay_only=True, allow_external=True)
 
 
 @dataclass(frozen=True)
@@ -216,9 +222,10 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
     base = {"compression": dec.setup.compression, "task": trace.meta["task"], "prompt_id": trace.meta["prompt_id"]}
     runs, steps = [], []
     for spec in (*config.baselines, *config.controllers):
-        if spec.startswith("hf-assisted"):
+        parsed = _spec(spec)
+        if parsed.external:
             continue  # transformers' loop cannot be replayed
-        controller = Oracle(trace, cost) if spec == "oracle" else dec.make_controller(spec)
+        controller = Oracle(trace, cost) if parsed.replay_only else dec.make_controller(parsed)
         t0 = time.perf_counter()
         replayed = replay(trace, controller, cost)
         row = _run_row({**base, "mode": "replay"}, spec, len(trace.output_ids),
@@ -227,17 +234,18 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
         runs.append(row)
         steps += _step_rows({**base, "mode": "replay"}, spec, replayed)
     if live:
-        methods = [m for m in (*config.baselines, *config.controllers) if m != "oracle"]
+        methods = [m for m in (*config.baselines, *config.controllers) if not _spec(m).replay_only]
         methods = methods[rotate % len(methods):] + methods[: rotate % len(methods)]  # vary the order per prompt
         for spec in methods:
-            if spec.startswith("hf-assisted"):
+            parsed = _spec(spec)
+            if parsed.external:
                 r = run_method(dec, spec, base["prompt_id"], trace.prompt_ids, config.max_new_tokens)
                 row = _run_row({**base, "mode": "live"}, spec, r.new_tokens, r.wall_s, None)
                 row["identical"] = r.token_ids == trace.output_ids
                 row["settings"] = json.dumps({**hf_assisted_settings(spec), "sklearn": is_sklearn_available()})
                 runs.append(row)
                 continue
-            result = dec.generate(trace.prompt_ids, controller=spec, max_new_tokens=config.max_new_tokens)
+            result = dec.generate(trace.prompt_ids, controller=parsed, max_new_tokens=config.max_new_tokens)
             row = _run_row({**base, "mode": "live"}, spec, result.stats.new_tokens, result.stats.wall_s, result.steps)
             row["identical"] = result.token_ids == trace.output_ids
             row["prefill_ms"] = result.stats.prefill_ms  # lets the cost model be refit on these runs
@@ -253,9 +261,9 @@ def unit_done(out: Path, level: str, prompt_id: str, config: EvalConfig, live: b
     if not path.is_file():
         return False
     runs = read_parquet(path, ("mode", "controller"), "evaluation runs")
-    wanted = {("replay", c) for c in (*config.baselines, *config.controllers) if not c.startswith("hf-assisted")}
+    wanted = {("replay", c) for c in (*config.baselines, *config.controllers) if not _spec(c).external}
     if live:
-        wanted |= {("live", c) for c in (*config.baselines, *config.controllers) if c != "oracle"}
+        wanted |= {("live", c) for c in (*config.baselines, *config.controllers) if not _spec(c).replay_only}
     missing = sorted(wanted - set(zip(runs["mode"], runs["controller"])))
     if missing:
         lacking = ", ".join(f"{c} ({m})" for m, c in missing)
@@ -273,8 +281,8 @@ def evaluate(dec: Decoder, config: EvalConfig, out: Path, live: bool = True, pro
     if not cost_path(dec.setup).is_file():
         raise SpeckvError(f"no cost model for {dec.setup.slug()}; run `speckv calibrate` first")
     cost = CostModel.load(cost_path(dec.setup))
-    for spec in config.controllers:  # fail on a missing artifact before hours of work
-        if spec != "oracle":
+    for spec in map(_spec, config.controllers):  # fail on a missing artifact before hours of work
+        if not spec.replay_only:
             dec.make_controller(spec)
     traces = collect(dec, config, out, "test")  # in the order of test_ids
     written = 0

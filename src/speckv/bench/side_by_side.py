@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from speckv.api import Decoder
+from speckv.control.spec import ControllerSpec
 from speckv.data.prompts import Prompt
 from speckv.errors import SpeckvError
 
@@ -38,26 +39,19 @@ class Row:
         return self.new_tokens / self.wall_s
 
 
-def check_method(method: str) -> None:
-    """Validate a method spec before any model loads (controllers, or hf-assisted[:N])."""
-    from speckv.control import MAX_GAMMA, precheck
-
-    if not method.startswith("hf-assisted"):
-        precheck(method)
-        return
-    name, _, arg = method.partition(":")
-    if name != "hf-assisted" or (arg and not (arg.isdigit() and 1 <= int(arg) <= MAX_GAMMA)):
-        raise SpeckvError(f"unknown method {method!r}: hf-assisted takes an optional token count in [1, {MAX_GAMMA}]")
+def check_method(method: str | ControllerSpec) -> ControllerSpec:
+    """Parse a method spec before any model loads: a live controller, or hf-assisted[:N]."""
+    return ControllerSpec.parse(method, allow_external=True)
 
 
-def hf_assisted_settings(method: str) -> dict:
-    _, _, arg = method.partition(":")
-    if not arg:
+def hf_assisted_settings(method: str | ControllerSpec) -> dict:
+    tokens = check_method(method).gamma
+    if tokens is None:
         return {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.4}
-    return {"num_assistant_tokens": int(arg), "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
+    return {"num_assistant_tokens": tokens, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
 
 
-def _hf_assisted(decoder: Decoder, method: str, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
+def _hf_assisted(decoder: Decoder, method: ControllerSpec, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
     if decoder.draft is None:
         raise SpeckvError("hf-assisted needs a draft model")
     target, draft = decoder.target.model, decoder.draft.model
@@ -74,10 +68,11 @@ def _hf_assisted(decoder: Decoder, method: str, ids: list[int], max_new_tokens: 
 
 
 def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], max_new_tokens: int, task: str = "") -> Row:
-    if method.startswith("hf-assisted"):
-        tokens, wall = _hf_assisted(decoder, method, ids, max_new_tokens)
+    spec = check_method(method)
+    if spec.external:
+        tokens, wall = _hf_assisted(decoder, spec, ids, max_new_tokens)
         return Row(method, prompt_id, len(tokens), wall, None, None, tokens, task)
-    result = decoder.generate(ids, controller=method, max_new_tokens=max_new_tokens)
+    result = decoder.generate(ids, controller=spec, max_new_tokens=max_new_tokens)
     s = result.stats
     return Row(method, prompt_id, s.new_tokens, s.wall_s, s.mean_accepted, s.overhead_frac, result.token_ids, task)
 

@@ -1,4 +1,8 @@
-"""Controllers (speculation policies) and the `NAME[:ARGS]` parser the CLI and API use."""
+"""Controllers (speculation policies) and make_controller, which builds one from a ControllerSpec
+(control/spec.py: the one `NAME[:ARGS]` parser the CLI, API, server, bench and eval use).
+
+Nothing imported here needs scikit-learn: fitting lives in `train` (and `measure.cost`), imported
+only by the commands that train or calibrate."""
 
 from __future__ import annotations
 
@@ -12,32 +16,9 @@ from speckv.control.fixed import Autoregressive, Fixed
 from speckv.control.hf import HfConfidence, HfHeuristic
 from speckv.control.pmin import PMin
 from speckv.control.speckv_mlp import SpeckvMLP
+from speckv.control.spec import MAX_GAMMA, NAMES, ControllerSpec
 from speckv.errors import SpeckvError
-from speckv.measure.cost import CostModel
-
-MAX_GAMMA = 32
-NAMES = ("auto", "fixed:N", "autoregressive", "hf-heuristic[:N]", "hf-confidence[:N]", "p-min[:N[:P]]",
-         "cost-aware[:ARTIFACT]", "speckv[:ARTIFACT]", "oracle (replay only)")
-
-
-def _int_arg(name: str, arg: str, lo: int = 1, hi: int = MAX_GAMMA) -> int:
-    try:
-        value = int(arg)
-    except ValueError:
-        raise SpeckvError(f"controller {name}: {arg!r} is not an integer") from None
-    if not lo <= value <= hi:
-        raise SpeckvError(f"controller {name}: {value} is out of range [{lo}, {hi}]")
-    return value
-
-
-def _prob_arg(name: str, arg: str) -> float:
-    try:
-        value = float(arg)
-    except ValueError:
-        raise SpeckvError(f"controller {name}: {arg!r} is not a number") from None
-    if not 0 <= value <= 1:
-        raise SpeckvError(f"controller {name}: probability {value} is out of [0, 1]")
-    return value
+from speckv.measure.cost import CostModel  # imports scikit-learn only to fit one (speckv calibrate)
 
 
 def cost_path(setup: Setup) -> Path:
@@ -51,9 +32,9 @@ def _cost_for(setup: Setup | None) -> CostModel | None:
     return None
 
 
-def _artifact(kind: str, features: list[str], arg: str, setup: Setup | None) -> Artifact:
-    if arg:
-        return load_artifact(Path(arg), kind, features, setup)
+def _artifact(kind: str, features: list[str], path: Path | None, setup: Setup | None) -> Artifact:
+    if path is not None:
+        return load_artifact(path, kind, features, setup)
     if setup is None:
         raise SpeckvError(f"controller {kind} needs a trained artifact: {kind}:PATH")
     path = default_path(kind, setup)
@@ -73,45 +54,32 @@ def speckv_from(art: Artifact) -> SpeckvMLP:
     return SpeckvMLP(p["hidden"], p["hidden_bias"], p["out"], p["out_bias"], art.setup.compression, tuple(p["gammas"]))
 
 
-def precheck(spec: str) -> bool:
-    """Validate a spec before any model is loaded; True if it needs a draft model.
-    (Trained artifacts are checked once the setup is known.)"""
-    if spec.strip().partition(":")[0] in ("cost-aware", "speckv"):
-        return True
-    return make_controller(spec).uses_draft
-
-
-def make_controller(spec: str, setup: Setup | None = None) -> Controller:
-    """Build a controller from 'fixed:4', 'auto', 'cost-aware:path.json', ...
+def make_controller(spec: str | ControllerSpec, setup: Setup | None = None) -> Controller:
+    """Build a controller from a spec ('fixed:4', 'auto', 'cost-aware:path.json', ... or a parsed
+    ControllerSpec); only what runs live in our engine (not the oracle, not hf-assisted).
 
     `setup` (pair, compression, device) selects trained artifacts and calibrated costs."""
-    name, _, arg = spec.strip().partition(":")
+    spec = ControllerSpec.parse(spec)
+    name = spec.name
     if name == "fixed":
-        if not arg:
-            raise SpeckvError("controller fixed needs a gamma, e.g. fixed:4")
-        return Fixed(_int_arg(name, arg))
-    if name in ("autoregressive", "oracle", "auto") and arg:
-        raise SpeckvError(f"controller {name} takes no argument")
+        return Fixed(spec.gamma)
     if name == "autoregressive":
         return Autoregressive()
     if name == "hf-heuristic":
-        return HfHeuristic(_int_arg(name, arg) if arg else 5)
+        return HfHeuristic(spec.gamma)
     if name == "hf-confidence":
-        return HfConfidence(_int_arg(name, arg) if arg else 20)
+        return HfConfidence(spec.gamma)
     if name == "p-min":
-        n, _, p = arg.partition(":")
-        return PMin(_int_arg(name, n) if n else 16, _prob_arg(name, p) if p else 0.75)
+        return PMin(spec.gamma, spec.p_min)
     if name == "cost-aware":
-        return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, arg, setup))
+        return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, spec.artifact, setup))
     if name == "speckv":
-        return speckv_from(_artifact("speckv", speckv_mlp.FEATURES, arg, setup))
+        return speckv_from(_artifact("speckv", speckv_mlp.FEATURES, spec.artifact, setup))
     if name == "auto":
         if setup is not None and default_path("cost-aware", setup).is_file():
-            return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, "", setup), name="auto")
+            return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, None, setup), name="auto")
         return CostAware(cost=_cost_for(setup), name="auto")
-    if name == "oracle":
-        raise SpeckvError("controller oracle knows the future: it runs only in replay (speckv eval)")
-    raise SpeckvError(f"unknown controller {spec!r}; available: {', '.join(NAMES)}")
+    raise AssertionError(f"ControllerSpec.parse admitted {spec!r}, which make_controller cannot build")
 
 
-__all__ = ["Controller", "RequestInfo", "StepOutcome", "Setup", "make_controller", "precheck", "MAX_GAMMA", "NAMES"]
+__all__ = ["Controller", "ControllerSpec", "RequestInfo", "StepOutcome", "Setup", "make_controller", "MAX_GAMMA", "NAMES"]

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LinearRegression
 
 from speckv.errors import SpeckvError
 from speckv.files import write_json
@@ -33,6 +32,8 @@ class CalibrationRun:
 
 
 def _nonneg_fit(x: np.ndarray, y: np.ndarray) -> list[float]:
+    from sklearn.linear_model import LinearRegression  # here: predicting (controllers at run time) needs no sklearn
+
     return LinearRegression(positive=True, fit_intercept=False).fit(x, y).coef_.tolist()
 
 

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from speckv.control import precheck
+from speckv.control import ControllerSpec
 from speckv.errors import SpeckvError
 
 #: tokens generated when a request names no max_tokens (OpenAI's default, "up to the context",
@@ -95,14 +95,13 @@ class _Sampling(BaseModel):
     @classmethod
     def _known_controller(cls, value: str | None) -> str | None:
         if value is not None:
-            name, _, arg = value.strip().partition(":")
-            if name in ("cost-aware", "speckv") and arg:  # a path: clients must not make us read files
-                raise ValueError(f"controller {name} takes no artifact path over HTTP; "
-                                 f"use {name} (the trained one) or start the server with --controller {value}")
             try:
-                precheck(value)  # names and arguments; trained artifacts are checked by the worker
+                spec = ControllerSpec.parse(value)  # names and arguments; trained artifacts are checked by the worker
             except SpeckvError as exc:
                 raise ValueError(str(exc)) from None
+            if spec.artifact is not None:  # a path: clients must not make us read files
+                raise ValueError(f"controller {spec.name} takes no artifact path over HTTP; "
+                                 f"use {spec.name} (the trained one) or start the server with --controller {value}")
         return value
 
     @field_validator("stop")

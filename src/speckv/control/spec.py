@@ -1,0 +1,172 @@
+"""Controller specs: `NAME[:ARGS]` parsed once, here, into a typed and validated ControllerSpec.
+
+Every place that takes a spec string (make_controller, speckv.load, the CLI, the server's requests,
+bench methods, eval's controllers and baselines) parses it with `ControllerSpec.parse` and then
+reads typed fields and flags; nothing else splits a spec on ':' or compares its name.
+
+Forms: auto, autoregressive, fixed:N, hf-heuristic[:N], hf-confidence[:N], p-min[:N[:P]],
+cost-aware[:ARTIFACT], speckv[:ARTIFACT], oracle (replay only) and, where a caller allows it,
+hf-assisted[:N] (transformers' own assisted generation: a bench/eval method, not our engine).
+Parsing reads no file and loads nothing (so it imports no model or training library): trained
+artifacts are found and checked when a controller is built for a setup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from speckv.errors import SpeckvError
+
+MAX_GAMMA = 32
+NAMES = ("auto", "fixed:N", "autoregressive", "hf-heuristic[:N]", "hf-confidence[:N]", "p-min[:N[:P]]",
+         "cost-aware[:ARTIFACT]", "speckv[:ARTIFACT]", "oracle (replay only)")
+METHODS = ("hf-assisted[:N]",)  # not controllers: what bench and eval also run
+
+#: the typed arguments each name takes (ControllerSpec field names)
+_ARGS = {"auto": (), "autoregressive": (), "oracle": (), "fixed": ("gamma",), "hf-heuristic": ("gamma",),
+         "hf-confidence": ("gamma",), "p-min": ("gamma", "p_min"), "cost-aware": ("artifact",),
+         "speckv": ("artifact",), "hf-assisted": ("gamma",)}
+_DEFAULT_GAMMA = {"hf-heuristic": 5, "hf-confidence": 20, "p-min": 16}  # fixed has none: it needs one
+_DEFAULT_P_MIN = 0.75
+
+
+def _unknown(text: object, external: bool) -> SpeckvError:
+    available = (*NAMES, *METHODS) if external else NAMES
+    return SpeckvError(f"unknown controller {text!r}; available: {', '.join(available)}")
+
+
+def _hf_assisted_range(text: str) -> SpeckvError:
+    return SpeckvError(f"unknown method {text!r}: hf-assisted takes an optional token count in [1, {MAX_GAMMA}]")
+
+
+def _int_arg(name: str, arg: str) -> int:
+    try:
+        return int(arg)
+    except ValueError:
+        raise SpeckvError(f"controller {name}: {arg!r} is not an integer") from None
+
+
+def _prob_arg(name: str, arg: str) -> float:
+    try:
+        return float(arg)
+    except ValueError:
+        raise SpeckvError(f"controller {name}: {arg!r} is not a number") from None
+
+
+def _format_float(value: float) -> str:
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+@dataclass(frozen=True)
+class ControllerSpec:
+    """A validated controller (or bench method) spec. Defaults are filled in, so two specs that
+    build the same controller are equal: `p-min` == `p-min:16:0.75`, `hf-heuristic` == `hf-heuristic:5`
+    (but `hf-assisted` keeps no count: it means transformers' own defaults, not `hf-assisted:20`)."""
+
+    name: str
+    #: fixed, hf-heuristic, hf-confidence: gamma; p-min: n_max; hf-assisted: tokens (None: transformers' default)
+    gamma: int | None = None
+    #: p-min: the draft probability below which drafting stops
+    p_min: float | None = None
+    #: cost-aware, speckv: an explicit artifact file (None: the one `speckv train` made for the setup)
+    artifact: Path | None = None
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if name not in _ARGS:
+            raise _unknown(name, external=True)
+        given = [f for f in ("gamma", "p_min", "artifact") if getattr(self, f) is not None]
+        if any(f not in _ARGS[name] for f in given):
+            raise SpeckvError(f"controller {name} takes no argument" if not _ARGS[name]
+                              else f"controller {name} takes only {' and '.join(_ARGS[name])} (got {self!r})")
+        gamma = self.gamma if self.gamma is not None else _DEFAULT_GAMMA.get(name)
+        if name == "fixed" and gamma is None:
+            raise SpeckvError("controller fixed needs a gamma, e.g. fixed:4")
+        if gamma is not None:
+            if isinstance(gamma, bool) or not isinstance(gamma, int):
+                raise SpeckvError(f"controller {name}: {gamma!r} is not an integer")
+            if not 1 <= gamma <= MAX_GAMMA:
+                if name == "hf-assisted":
+                    raise _hf_assisted_range(f"hf-assisted:{gamma}")
+                raise SpeckvError(f"controller {name}: {gamma} is out of range [1, {MAX_GAMMA}]")
+        object.__setattr__(self, "gamma", gamma)
+        if name == "p-min":
+            p = _DEFAULT_P_MIN if self.p_min is None else self.p_min
+            if isinstance(p, bool) or not isinstance(p, (int, float)):
+                raise SpeckvError(f"controller {name}: {p!r} is not a number")
+            if not 0 <= p <= 1:
+                raise SpeckvError(f"controller {name}: probability {p} is out of [0, 1]")
+            object.__setattr__(self, "p_min", float(p))
+        if self.artifact is not None:
+            object.__setattr__(self, "artifact", Path(self.artifact))
+
+    @classmethod
+    def parse(cls, text: str | ControllerSpec, *, allow_replay_only: bool = False,
+              allow_external: bool = False) -> ControllerSpec:
+        """Parse and validate a spec. By default only what our engine runs live is accepted:
+        `allow_replay_only` also admits the oracle (speckv eval's replays), `allow_external` also
+        hf-assisted[:N] (bench and eval methods). Raises SpeckvError, naming the spec."""
+        if isinstance(text, ControllerSpec):
+            spec = text
+            if spec.external and not allow_external:
+                raise _unknown(str(spec), external=False)
+        elif isinstance(text, str):
+            spec = cls._from_text(text, allow_external)
+        else:
+            raise SpeckvError(f"controller must be a spec such as 'fixed:4' (got {text!r})")
+        if spec.replay_only and not allow_replay_only:
+            raise SpeckvError("controller oracle knows the future: it runs only in replay (speckv eval)")
+        return spec
+
+    @classmethod
+    def _from_text(cls, text: str, allow_external: bool) -> ControllerSpec:
+        name, _, arg = text.strip().partition(":")
+        if name not in _ARGS or name == "hf-assisted" and not allow_external:
+            raise _unknown(text, allow_external)
+        if not arg:  # `name` and `name:` alike: the defaults
+            return cls(name)
+        if not _ARGS[name]:
+            raise SpeckvError(f"controller {name} takes no argument")
+        if name in ("cost-aware", "speckv"):
+            return cls(name, artifact=Path(arg))
+        if name == "hf-assisted":
+            if not (arg.isdigit() and 1 <= int(arg) <= MAX_GAMMA):
+                raise _hf_assisted_range(text)
+            return cls(name, gamma=int(arg))
+        if name == "p-min":
+            n, _, p = arg.partition(":")
+            return cls(name, gamma=_int_arg(name, n) if n else None, p_min=_prob_arg(name, p) if p else None)
+        return cls(name, gamma=_int_arg(name, arg))
+
+    def __str__(self) -> str:
+        """The canonical spec: ControllerSpec.parse(str(spec)) == spec."""
+        if self.name == "p-min":
+            return f"p-min:{self.gamma}:{_format_float(self.p_min)}"
+        if self.gamma is not None:
+            return f"{self.name}:{self.gamma}"
+        if self.artifact is not None:
+            return f"{self.name}:{self.artifact}"
+        return self.name
+
+    @property
+    def uses_draft(self) -> bool:
+        """Whether it needs a draft model loaded (only the target alone does not)."""
+        return self.name != "autoregressive"
+
+    @property
+    def replay_only(self) -> bool:
+        """Knows the trace it is replayed on (the oracle): never runs live."""
+        return self.name == "oracle"
+
+    @property
+    def external(self) -> bool:
+        """transformers' assisted-generation loop, not our engine: runs live only, never replayed."""
+        return self.name == "hf-assisted"
+
+    @property
+    def needs_artifact(self) -> bool:
+        """Needs a trained artifact: the given file, or the setup's from `speckv train` (auto only
+        uses one when present)."""
+        return self.name in ("cost-aware", "speckv")
