@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from speckv.control import Controller, ControllerSpec, Setup, make_controller
 from speckv.data.prompts import check_unicode
+from speckv.detok import Detokenizer
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.measure.records import Stats, StepRecord
@@ -59,6 +60,7 @@ class _Run:
     emitted: int = 0
     finish_reason: str = "length"
     prefill_ms: float = 0.0
+    detok: Detokenizer | None = None  # the text of token_ids, decoded a few tokens at a time
 
 
 def _stop_list(stop: str | list[str] | None) -> list[str]:
@@ -181,6 +183,7 @@ class Decoder:
         ctrl = self._run_controller(controller)
         ids = self.prepare(prompt, raw)
         run.prompt_ids = ids
+        run.detok = Detokenizer(self.tokenizer)
         events = self.engine.run(ids, ctrl, config, max_new_tokens, self.stop_ids, self.target.max_context)
         while True:
             with self._lock:  # one engine step, and the decoding it needs; never held across a yield
@@ -200,11 +203,17 @@ class Decoder:
         run.token_ids += event.tokens
         if event.finished:
             run.finish_reason = event.finished
-        run.text = self.tokenizer.decode(run.token_ids, skip_special_tokens=True)
-        cut = min((i for s in stops if (i := run.text.find(s)) >= 0), default=-1)
+        detok = run.detok
+        stable = detok.stable
+        detok.add(event.tokens)  # run.text is the full decode, done over a few tokens (detok.py)
+        run.text = detok.text
+        # text[:stable] was searched last step: a stop string starting before `start` lies inside it
+        start = max(0, min(stable, detok.stable) - max(map(len, stops), default=0) + 1)
+        cut = min((i for s in stops if (i := run.text.find(s, start)) >= 0), default=-1)
         if cut >= 0:
             run.text, run.finish_reason = run.text[:cut], "stop"
-            while run.token_ids and len(self.tokenizer.decode(run.token_ids[:-1], skip_special_tokens=True)) >= cut:
+            # drop the tokens whose text reaches into the stop string (text_len = len(decode(ids[:n])))
+            while run.token_ids and detok.text_len(len(run.token_ids) - 1) >= cut:
                 run.token_ids.pop()
             events.close()
             return run.text[run.emitted:], True
