@@ -15,6 +15,7 @@ import speckv
 from conftest import CHARS, CharTokenizer, tiny_decoder
 from speckv.api import Decoder
 from speckv.data.prompts import read_jsonl
+from speckv.drafting.chain import ChainSource
 from speckv.errors import SpeckvError
 from speckv.models.load import LoadedModel, pick_device
 
@@ -171,9 +172,9 @@ def test_engine_runs_interleave(tiny_pair):
     from speckv.control import make_controller
     from speckv.engine import Engine
 
-    engine = Engine(*tiny_pair)
+    engine = Engine(tiny_pair[0], ChainSource(tiny_pair[1]))
     runs = [engine.run(p, make_controller("fixed:4"), max_new_tokens=30) for p in ([1, 2, 3], [40, 41, 42, 43, 44])]
-    solo = [[t for e in Engine(*tiny_pair).run(p, make_controller("fixed:4"), max_new_tokens=30) for t in e.tokens]
+    solo = [[t for e in Engine(tiny_pair[0], ChainSource(tiny_pair[1])).run(p, make_controller("fixed:4"), max_new_tokens=30) for t in e.tokens]
             for p in ([1, 2, 3], [40, 41, 42, 43, 44])]
     got: list[list[int]] = [[], []]
     live = [True, True]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from speckv.control import Controller, make_controller
+from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 
@@ -26,7 +27,7 @@ def reference(model, prompt, n):
 @pytest.mark.parametrize("gamma", [1, 2, 3, 4, 8])
 def test_greedy_output_equals_target_greedy(tiny_pair, gamma):
     target, draft = tiny_pair
-    engine = Engine(target, draft)
+    engine = Engine(target, ChainSource(draft))
     gen = torch.Generator().manual_seed(gamma)
     total_accepted = 0
     for _ in range(12):
@@ -45,7 +46,7 @@ def test_autoregressive_controller_skips_the_draft(tiny_pair):
 
 
 def test_records_are_consistent(tiny_pair):
-    tokens, records = run(Engine(*tiny_pair), [5, 6, 7], "fixed:4", 50)
+    tokens, records = run(Engine(tiny_pair[0], ChainSource(tiny_pair[1])), [5, 6, 7], "fixed:4", 50)
     assert len(tokens) == 50 == sum(r.emitted for r in records)
     for r in records:
         assert r.accepted <= r.drafted <= r.budget <= 4
@@ -60,7 +61,7 @@ def test_records_are_consistent(tiny_pair):
 
 @pytest.mark.parametrize("limit", [1, 2, 5, 7])
 def test_max_new_tokens_is_exact(tiny_pair, limit):
-    tokens, records = run(Engine(*tiny_pair), [1, 2], "fixed:8", limit)
+    tokens, records = run(Engine(tiny_pair[0], ChainSource(tiny_pair[1])), [1, 2], "fixed:8", limit)
     assert len(tokens) == limit
     assert all(r.budget <= limit - 1 for r in records)
 
@@ -70,7 +71,7 @@ def test_stops_at_eos_and_keeps_it(tiny_pair):
     full = reference(target, [9, 9], 30)
     eos = full[10]
     first = full.index(eos)
-    tokens, _ = run(Engine(target, draft), [9, 9], "fixed:4", 30, frozenset({eos}))
+    tokens, _ = run(Engine(target, ChainSource(draft)), [9, 9], "fixed:4", 30, frozenset({eos}))
     assert tokens == full[: first + 1]
 
 
@@ -83,7 +84,7 @@ class RecordingEngine(Engine):
 
 
 def test_caches_hold_only_the_accepted_prefix(tiny_pair):
-    engine = RecordingEngine(*tiny_pair)
+    engine = RecordingEngine(tiny_pair[0], ChainSource(tiny_pair[1]))
     events = engine.run([1, 2, 3], make_controller("fixed:6"), SamplingConfig(), 30)
     ids = [1, 2, 3]
     for event in events:
@@ -94,7 +95,7 @@ def test_caches_hold_only_the_accepted_prefix(tiny_pair):
 
 
 def test_each_run_gets_its_own_draft_cache(tiny_pair):
-    engine = RecordingEngine(*tiny_pair)
+    engine = RecordingEngine(tiny_pair[0], ChainSource(tiny_pair[1]))
     first = engine.run([1, 2, 3], make_controller("fixed:4"), SamplingConfig(), 20)
     next(first)
     list(engine.run([7, 8], make_controller("fixed:4"), SamplingConfig(), 20))
@@ -105,7 +106,7 @@ def test_each_run_gets_its_own_draft_cache(tiny_pair):
 
 
 def test_bad_requests_are_user_errors(tiny_pair):
-    engine = Engine(*tiny_pair)
+    engine = Engine(tiny_pair[0], ChainSource(tiny_pair[1]))
     with pytest.raises(SpeckvError, match="empty prompt"):
         list(engine.run([], make_controller("fixed:2")))
     with pytest.raises(SpeckvError, match="max_new_tokens"):
@@ -124,7 +125,7 @@ def test_controller_spec_errors(spec, msg):
 
 
 def test_prefill_time_comes_with_the_first_event_only(tiny_pair):
-    events = list(Engine(*tiny_pair).run([1, 2, 3, 4, 5], make_controller("fixed:2"), SamplingConfig(), 10))
+    events = list(Engine(tiny_pair[0], ChainSource(tiny_pair[1])).run([1, 2, 3, 4, 5], make_controller("fixed:2"), SamplingConfig(), 10))
     assert events[0].prefill_ms > 0 and all(e.prefill_ms == 0 for e in events[1:])
 
 
@@ -157,7 +158,7 @@ def draft_forwards(draft):
 def test_the_draft_reads_the_prompt_only_when_it_drafts(tiny_pair, plain_steps):
     target, draft = tiny_pair
     with draft_forwards(draft) as calls:
-        events = list(Engine(target, draft).run([3, 1, 4, 1, 5], LateStarter(plain_steps, 3), SamplingConfig(), 30))
+        events = list(Engine(target, ChainSource(draft)).run([3, 1, 4, 1, 5], LateStarter(plain_steps, 3), SamplingConfig(), 30))
     assert [t for e in events for t in e.tokens] == reference(target, [3, 1, 4, 1, 5], 30)
     assert all(e.record.drafted == 0 for e in events[:plain_steps]) and events[plain_steps].record.drafted > 0
     assert len(calls) == sum(e.record.drafted for e in events) + (plain_steps == 0)  # + the prompt's prefill
@@ -166,6 +167,6 @@ def test_the_draft_reads_the_prompt_only_when_it_drafts(tiny_pair, plain_steps):
 def test_a_controller_that_never_drafts_never_runs_the_draft(tiny_pair):
     target, draft = tiny_pair
     with draft_forwards(draft) as calls:
-        events = list(Engine(target, draft).run([3, 1, 4, 1, 5], LateStarter(100, 3), SamplingConfig(), 20))
+        events = list(Engine(target, ChainSource(draft)).run([3, 1, 4, 1, 5], LateStarter(100, 3), SamplingConfig(), 20))
     assert [t for e in events for t in e.tokens] == reference(target, [3, 1, 4, 1, 5], 20)
     assert calls == []

@@ -5,10 +5,11 @@ import torch
 
 from speckv.control import make_controller
 from speckv.control.oracle import Oracle
+from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.measure.cost import CalibrationRun, CostModel
-from speckv.measure.records import StepRecord
+from speckv.records import StepRecord
 from speckv.measure.replay import replay
 from speckv.measure.trace import collect_trace, load_trace, save_trace
 
@@ -49,7 +50,7 @@ def test_trace_output_is_the_targets_greedy_output(tiny_pair, traces):
 
 @pytest.mark.parametrize("spec", CONTROLLERS)
 def test_replay_equals_live(tiny_pair, traces, spec):
-    engine = Engine(*tiny_pair)
+    engine = Engine(tiny_pair[0], ChainSource(tiny_pair[1]))
     for i, tr in enumerate(traces):
         stop = stop_of(tr)
         live = [e for e in engine.run(tr.prompt_ids, make_controller(spec), SamplingConfig(), 30, stop)]
@@ -58,8 +59,27 @@ def test_replay_equals_live(tiny_pair, traces, spec):
         assert shape(replayed) == shape([e.record for e in live]), f"{spec} prompt {i}"
 
 
+def test_one_draft_loop_drives_live_and_replay(tiny_pair, traces, monkeypatch):
+    """Change the draft loop in its one place (stop after two proposals): live drafting and replay
+    both follow, and still agree step for step."""
+    from speckv.drafting import base
+
+    engine = Engine(tiny_pair[0], ChainSource(tiny_pair[1]))
+
+    def steps(tr):
+        live = [e.record for e in engine.run(tr.prompt_ids, make_controller("fixed:6"), SamplingConfig(), 30, stop_of(tr))]
+        return live, replay(tr, make_controller("fixed:6"))
+
+    assert max(s.drafted for tr in traces for s in steps(tr)[0]) > 2
+    original = base.draft_loop
+    monkeypatch.setattr(base, "draft_loop", lambda propose, budget, *a, **k: original(propose, min(budget, 2), *a, **k))
+    for tr in traces:
+        live, replayed = steps(tr)
+        assert max(s.drafted for s in live) == 2 and shape(replayed) == shape(live)
+
+
 def test_signals_replayed_match_live(tiny_pair, traces):
-    live = list(Engine(*tiny_pair).run(traces[0].prompt_ids, make_controller("fixed:6"), SamplingConfig(), 30))
+    live = list(Engine(tiny_pair[0], ChainSource(tiny_pair[1])).run(traces[0].prompt_ids, make_controller("fixed:6"), SamplingConfig(), 30))
     replayed = replay(traces[0], make_controller("fixed:6"))
     for a, b in zip(replayed, live):
         for x, y in zip(a.signals, b.record.signals):
@@ -139,7 +159,7 @@ def test_trained_controllers_are_lossless_and_replay_exactly(tiny_pair, traces, 
         art.save(tmp_path / f"{art.kind}.json")
     controllers = [lambda: cost_aware_from(load_artifact(tmp_path / "cost-aware.json", "cost-aware", arts[0].features, setup)),
                    lambda: speckv_from(load_artifact(tmp_path / "speckv.json", "speckv", arts[1].features, setup))]
-    engine = Engine(*tiny_pair)
+    engine = Engine(tiny_pair[0], ChainSource(tiny_pair[1]))
     for tr in test:
         for make in controllers:
             live = list(engine.run(tr.prompt_ids, make(), SamplingConfig(), 30, tr.stop_ids))

@@ -9,6 +9,7 @@ import torch
 from scipy.stats import chisquare
 
 from speckv.control import make_controller
+from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig, Verdict, accept_speculative
 from speckv.errors import SpeckvError
 
@@ -72,8 +73,8 @@ def test_engine_samples_the_target_distribution(small_vocab_pair):
     config = SamplingConfig(True, temperature=0.9)
     prompt = [1, 2, 3]
     exact = pair_distribution(target, prompt, config)
-    good = chi2_p(sample_pairs(Engine(target, draft), prompt, config, 20_000), exact)
-    broken = chi2_p(sample_pairs(Engine(target, draft, acceptance=accept_always), prompt, config, 4_000), exact)
+    good = chi2_p(sample_pairs(Engine(target, ChainSource(draft)), prompt, config, 20_000), exact)
+    broken = chi2_p(sample_pairs(Engine(target, ChainSource(draft), acceptance=accept_always), prompt, config, 4_000), exact)
     assert good > 0.01, good
     assert broken < 0.01, broken
 
@@ -102,7 +103,7 @@ def test_acceptance_rule_is_exact_and_broken_rules_fail(broken_rule):
 
 def test_top_k_and_top_p_restrict_the_support(small_vocab_pair):
     target, draft = small_vocab_pair
-    engine = Engine(target, draft)
+    engine = Engine(target, ChainSource(draft))
     with torch.no_grad():
         first = target(torch.tensor([[4, 5]])).logits[0, -1]
     top2 = set(first.topk(2).indices.tolist())
@@ -118,7 +119,7 @@ def test_top_k_and_top_p_restrict_the_support(small_vocab_pair):
 
 
 def test_same_seed_same_output(small_vocab_pair):
-    engine = Engine(*small_vocab_pair)
+    engine = Engine(small_vocab_pair[0], ChainSource(small_vocab_pair[1]))
     def go(seed):
         return [t for e in engine.run([1], make_controller("fixed:4"), SamplingConfig(True, seed=seed), 30) for t in e.tokens]
     assert go(7) == go(7)

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from speckv.control import Controller, ControllerSpec, Setup, make_controller
 from speckv.data.prompts import check_unicode
 from speckv.detok import Detokenizer
+from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
-from speckv.measure.records import Stats, StepRecord
+from speckv.records import Stats, StepRecord
 from speckv.models.compress import Compression
 from speckv.models.load import LoadedModel, load_model, pick_device
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
@@ -99,7 +100,7 @@ class Decoder:
             controller = "auto" if draft else "autoregressive"
         #: the default policy: a template, each run gets a deep copy (runs never share its state)
         self.controller = self._controller(controller)
-        self.engine = Engine(target.model, draft.model if draft else None)
+        self.engine = Engine(target.model, ChainSource(draft.model) if draft else None)
         self._lock = threading.Lock()  # held for one engine step (or one tokenizer call) at a time
         eos = target.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from speckv.measure.records import TokenSignals
+from speckv.records import TokenSignals
 
 
 @dataclass(frozen=True, slots=True)

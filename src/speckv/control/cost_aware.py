@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.measure.cost import CostModel
-from speckv.measure.records import TokenSignals
+from speckv.records import TokenSignals
 
 FEATURES = ["entropy", "top1", "margin", "log1m_top1"]
 

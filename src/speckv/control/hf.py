@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
-from speckv.measure.records import TokenSignals
+from speckv.records import TokenSignals
 
 
 class HfHeuristic(Controller):

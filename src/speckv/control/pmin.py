@@ -2,7 +2,7 @@
 and stop after a token whose draft probability is below p_min (default 0.75). Stateless."""
 
 from speckv.control.base import Controller
-from speckv.measure.records import TokenSignals
+from speckv.records import TokenSignals
 
 
 class PMin(Controller):

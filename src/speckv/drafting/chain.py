@@ -1,30 +1,22 @@
 """Chain drafting: the draft model proposes tokens one at a time with its own KV cache.
 
-A ChainDrafter is one run's draft state (Engine.run makes a fresh one per run), so runs that
-share a draft model never share, reset or crop each other's cache.
+A ChainDrafter is one run's draft state (ChainSource.new makes one per run), so runs that share
+a draft model never share, reset or crop each other's cache. Its draft loop is drafting.base's.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
 
 from speckv.control.base import Controller
-from speckv.engine.kv import cached_logits, crop_to
+from speckv.drafting import base
+from speckv.drafting.base import Draft, Proposal
+from speckv.engine.kv import cached_logits, crop_to, vocab_size
 from speckv.engine.sampling import SamplingConfig
-from speckv.measure.records import TokenSignals
-
-
-@dataclass
-class Draft:
-    tokens: list[int] = field(default_factory=list)
-    probs: list[torch.Tensor] = field(default_factory=list)  # sampling only: q rows
-    signals: list[TokenSignals] = field(default_factory=list)
-    draft_ms: float = 0.0
-    control_ms: float = 0.0
+from speckv.records import TokenSignals
 
 
 def batch_signals(logits: torch.Tensor) -> list[TokenSignals]:
@@ -40,6 +32,21 @@ def batch_signals(logits: torch.Tensor) -> list[TokenSignals]:
 def token_signals(logits: torch.Tensor) -> TokenSignals:
     """batch_signals() of one row."""
     return batch_signals(logits[None])[0]
+
+
+@dataclass(frozen=True)
+class ChainSource:
+    """A draft model proposing a chain, one token per forward on its own KV cache."""
+
+    model: torch.nn.Module
+    name: str = "model"
+
+    @property
+    def vocab(self) -> int:
+        return vocab_size(self.model)
+
+    def new(self, vocab: int, sync) -> ChainDrafter:
+        return ChainDrafter(self.model, vocab, sync)
 
 
 class ChainDrafter:
@@ -68,31 +75,21 @@ class ChainDrafter:
         stop_ids: frozenset[int],
     ) -> Draft:
         """Draft up to `budget` tokens after `ids`, asking the controller after each one."""
-        draft = Draft()
         feed = ids[self.cache.get_seq_length():]  # catch up on tokens the draft has not seen
-        while True:
-            t0 = time.perf_counter()
+
+        def next_proposal() -> Proposal:
+            nonlocal feed
             logits = self._forward(feed)
-            signals = token_signals(logits)
+            q = None
             if config.do_sample:
                 q = config.probs(logits[None])[0]
                 token = int(torch.multinomial(q, 1, generator=generator))
-                draft.probs.append(q)
             else:
                 token = int(logits.argmax())
-            self.sync()
-            t1 = time.perf_counter()
-            draft.draft_ms += (t1 - t0) * 1000
-            draft.tokens.append(token)
-            draft.signals.append(signals)
-            if len(draft.tokens) >= budget or token in stop_ids:
-                break
-            go_on = controller.keep_drafting(signals, len(draft.tokens))
-            draft.control_ms += (time.perf_counter() - t1) * 1000
-            if not go_on:
-                break
             feed = [token]
-        return draft
+            return Proposal(token, token_signals(logits), q)
+
+        return base.draft_loop(next_proposal, budget, controller, stop_ids, self.sync)
 
     def rollback(self, length: int) -> None:
         """Drop cached positions beyond `length` (the accepted prefix minus its last token)."""

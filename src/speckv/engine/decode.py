@@ -3,9 +3,10 @@
 Invariant: each model's KV cache holds a prefix of `ids` that excludes the last token, so the
 next target forward is [ids[-1], *drafted] and yields k+1 rows of logits in one pass.
 Batch size 1: one request at a time (what speculative decoding helps most on CPU).
-Every run owns its state (both KV caches, the ChainDrafter, the sampling generator): an Engine
-holds only the models, so suspended runs on one Engine can be resumed in any order. The engine
-does not lock; callers that share one across threads serialize steps (api.Decoder does).
+Every run owns its state (both KV caches, its Drafter, the sampling generator): an Engine holds
+only the target and a DraftSource that makes one Drafter per run, so suspended runs on one Engine
+can be resumed in any order. The engine knows proposers only through drafting.base's protocol.
+The engine does not lock; callers that share one across threads serialize steps (api.Decoder does).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import torch
 from transformers import DynamicCache
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
-from speckv.drafting.chain import ChainDrafter
-from speckv.engine.kv import cached_logits, crop_to
+from speckv.drafting.base import Drafter, DraftSource
+from speckv.engine.kv import cached_logits, crop_to, vocab_size
 from speckv.engine.sampling import SamplingConfig, accept_greedy, accept_speculative
 from speckv.errors import SpeckvError
-from speckv.measure.records import StepRecord
+from speckv.records import StepRecord
 
 
 @dataclass(slots=True)
@@ -39,25 +40,21 @@ def _sync_for(device: torch.device):
     return lambda: None
 
 
-def _vocab(model: torch.nn.Module) -> int:
-    return model.get_output_embeddings().weight.shape[0]
-
-
 class Engine:
-    """Speculative decoding for one target and an optional draft that share a vocabulary."""
+    """Speculative decoding for one target and an optional proposer that share a vocabulary."""
 
-    def __init__(self, target: torch.nn.Module, draft: torch.nn.Module | None = None, acceptance=None):
+    def __init__(self, target: torch.nn.Module, draft: DraftSource | None = None, acceptance=None):
         self.target = target
         self.device = target.device
         self.sync = _sync_for(self.device)
         # Embedding tables are often padded past the tokenizer; compare over the shared rows.
-        self.vocab = _vocab(target) if draft is None else min(_vocab(target), _vocab(draft))
+        self.vocab = min(vocab_size(target), (draft.vocab if draft is not None else None) or vocab_size(target))
         self.draft = draft
         self.acceptance = acceptance  # None: greedy or speculative sampling, by the config
 
-    def new_drafter(self) -> ChainDrafter:
-        """A drafter with an empty cache for one run (never shared between runs)."""
-        return ChainDrafter(self.draft, self.vocab, self.sync)
+    def new_drafter(self) -> Drafter:
+        """A drafter with empty state for one run (never shared between runs)."""
+        return self.draft.new(self.vocab, self.sync)
 
     def check_prompt(self, prompt_ids: list[int], max_context: int | None = None) -> list[int]:
         """The prompt as a list of ints, or a SpeckvError naming the bad id: an id outside the
@@ -97,7 +94,7 @@ class Engine:
             raise SpeckvError(f"max_new_tokens must be positive (got {max_new_tokens})")
         ids = self.check_prompt(prompt_ids, max_context)
         if controller.uses_draft and self.draft is None:
-            raise SpeckvError(f"controller {controller.name} needs a draft model")
+            raise SpeckvError(f"controller {controller.name} needs a drafter (a draft model or --drafter lookup)")
         limit = max_new_tokens if max_context is None else min(max_new_tokens, max_context - len(prompt_ids))
         generator = None
         if config.do_sample:
@@ -131,8 +128,8 @@ class Engine:
                 d = drafter.propose(ids, budget, controller, config, generator, stop_ids)
                 drafted, signals, draft_ms = d.tokens, d.signals, d.draft_ms
                 control_ms += d.control_ms
-                if d.probs:
-                    draft_probs = torch.stack(d.probs)
+                if drafted and config.do_sample:
+                    draft_probs = d.probs(self.vocab, self.device)
 
             t1 = time.perf_counter()
             logits = self._verify(cache, ids[cache.get_seq_length():] + drafted, len(drafted) + 1)

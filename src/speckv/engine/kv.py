@@ -13,6 +13,11 @@ def cached_logits(model: torch.nn.Module, cache: DynamicCache, tokens: list[int]
     return out.logits[0, -rows:, :vocab].float()
 
 
+def vocab_size(model: torch.nn.Module) -> int:
+    """Rows of the model's LM head (often padded past the tokenizer's vocabulary)."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
 def crop_to(cache: DynamicCache, length: int) -> None:
     extra = cache.get_seq_length() - length
     if extra > 0:

@@ -16,7 +16,7 @@ import numpy as np
 
 from speckv.errors import SpeckvError
 from speckv.files import write_json
-from speckv.measure.records import StepRecord
+from speckv.records import StepRecord
 
 COST_VERSION = 1
 

@@ -1,8 +1,9 @@
 """Exact offline replay of any greedy controller on a trace.
 
 The controller object is driven through the same calls, in the same order, as the live engine
-(start, budget, keep_drafting after each drafted token below the budget, observe), so a
-policy's replayed steps are its live steps. Records are the engine's StepRecords; their
+(start, budget, keep_drafting after each drafted token below the budget, observe): drafting goes
+through the very draft loop the live drafters use (drafting.base.draft_loop), fed from the trace,
+so a policy's replayed steps are its live steps. Records are the engine's StepRecords; their
 timings are the controller's own measured decision time plus, when a cost model is given, the
 predicted draft and verification times.
 """
@@ -12,42 +13,43 @@ from __future__ import annotations
 import time
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
+from speckv.drafting import base
+from speckv.drafting.base import Draft, Proposal
 from speckv.errors import SpeckvError
-from speckv.measure.records import StepRecord, TokenSignals
 from speckv.measure.trace import Trace
+from speckv.records import StepRecord
 
 
-def _draft(trace: Trace, p: int, budget: int, controller: Controller, stop_ids: frozenset[int]):
-    """The tokens the live drafter would propose at output position p, and the control time."""
-    tokens: list[int] = []
-    signals: list[TokenSignals] = []
-    accepted, miss, control_s = 0, None, 0.0
-    while True:
-        j = len(tokens)
-        if miss is None:  # still on the target's path: teacher-forced draft
-            token, sig = trace.draft_tokens[p + j], trace.signals[p + j]
-            if token == trace.output_ids[p + j]:
-                accepted += 1
-            else:
+class TraceDrafter:
+    """The live drafter's proposals, read from a trace: on the target's path the teacher-forced
+    draft token; after the first mismatch, the draft's own recorded continuation. It runs through
+    the same draft loop as the live drafters (drafting.base.draft_loop)."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+
+    def propose(self, p: int, budget: int, controller: Controller) -> Draft:
+        """Draft at output position p (live: after prompt + output[:p])."""
+        trace, miss, j = self.trace, None, 0
+
+        def next_proposal() -> Proposal:
+            nonlocal miss, j
+            if miss is None and trace.draft_tokens[p + j] != trace.output_ids[p + j]:
                 miss = j
-        else:  # after a mismatch: the draft's own continuation
-            branch = trace.branches[p + miss]
-            k = j - miss - 1
-            if k >= len(branch.tokens):
-                raise SpeckvError(
-                    f"controller {controller.name} drafted past the trace's continuation depth "
-                    f"({trace.depth}); collect traces with a larger --depth"
-                )
-            token, sig = branch.tokens[k], branch.signals[k]
-        tokens.append(token)
-        signals.append(sig)
-        if len(tokens) >= budget or token in stop_ids:
-            return tokens, signals, accepted, control_s
-        t0 = time.perf_counter()
-        go_on = controller.keep_drafting(sig, len(tokens))
-        control_s += time.perf_counter() - t0
-        if not go_on:
-            return tokens, signals, accepted, control_s
+            if miss is None or j == miss:  # still on the target's path: the teacher-forced draft
+                proposal = Proposal(trace.draft_tokens[p + j], trace.signals[p + j])
+            else:  # after a mismatch: the draft's own continuation
+                branch, k = trace.branches[p + miss], j - miss - 1
+                if k >= len(branch.tokens):
+                    raise SpeckvError(
+                        f"controller {controller.name} drafted past the trace's continuation depth "
+                        f"({trace.depth}); collect traces with a larger --depth"
+                    )
+                proposal = Proposal(branch.tokens[k], branch.signals[k])
+            j += 1
+            return proposal
+
+        return base.draft_loop(next_proposal, budget, controller, trace.stop_ids)
 
 
 def replay(trace: Trace, controller: Controller, cost=None) -> list[StepRecord]:
@@ -55,6 +57,7 @@ def replay(trace: Trace, controller: Controller, cost=None) -> list[StepRecord]:
 
     `cost` (a measure.cost.CostModel) fills draft_ms/verify_ms with predictions."""
     out, limit = trace.output_ids, trace.max_new_tokens
+    drafter = TraceDrafter(trace)
     controller.start(RequestInfo(len(trace.prompt_ids), limit))
     steps: list[StepRecord] = []
     p = 0
@@ -66,8 +69,11 @@ def replay(trace: Trace, controller: Controller, cost=None) -> list[StepRecord]:
         if budget:
             if not controller.uses_draft:
                 raise SpeckvError(f"controller {controller.name} asked for drafts without a draft model")
-            tokens, signals, accepted, draft_control_s = _draft(trace, p, budget, controller, trace.stop_ids)
-            control_s += draft_control_s
+            draft = drafter.propose(p, budget, controller)
+            tokens, signals = draft.tokens, draft.signals
+            while accepted < len(tokens) and tokens[accepted] == out[p + accepted]:
+                accepted += 1
+            control_s += draft.control_ms / 1000
         emitted = len(out[p : p + accepted + 1])
         t0 = time.perf_counter()
         controller.observe(StepOutcome(budget, len(tokens), accepted, tuple(signals)))

@@ -27,7 +27,7 @@ from speckv.drafting.chain import batch_signals
 from speckv.engine.kv import cached_logits, crop_to
 from speckv.errors import SpeckvError
 from speckv.files import atomic_write
-from speckv.measure.records import TokenSignals
+from speckv.records import TokenSignals
 
 TRACE_VERSION = 1
 
@@ -68,7 +68,7 @@ def collect_trace(
     meta: dict | None = None,
 ) -> Trace:
     """Generate the target's greedy output, then run the draft over it (teacher-forced + branches)."""
-    engine = Engine(target, draft)
+    engine = Engine(target)  # the target alone: its greedy output
     output = [t for event in engine.run(prompt_ids, Autoregressive(), max_new_tokens=max_new_tokens, stop_ids=stop_ids)
               for t in event.tokens]
     vocab = engine.vocab

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from speckv import api
 from speckv.engine import SamplingConfig
-from speckv.measure.records import Stats, StepRecord
+from speckv.records import Stats, StepRecord
 from speckv.server.protocol import ChatRequest, CompletionRequest
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # ours -> OpenAI's finish_reason
