@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from speckv.control import Controller, ControllerSpec, Setup, make_controller
 from speckv.data.prompts import check_unicode
 from speckv.detok import Detokenizer
+from speckv.drafting import drafter_name, parse_drafter
 from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
@@ -87,20 +88,26 @@ class Decoder:
     """A loaded target (+ draft) and a default controller; batch size 1, safe to share (runs
     take turns step by step)."""
 
-    def __init__(self, target: LoadedModel, draft: LoadedModel | None, controller: str | Controller | None = None):
-        if draft is not None:
+    def __init__(self, target: LoadedModel, draft: LoadedModel | None, controller: str | Controller | None = None,
+                 drafter: str = "model"):
+        """drafter: `model` (the draft model's chain) or `lookup[:N_MAX[:N_MIN]]` (prompt lookup:
+        no draft model needed)."""
+        lookup = parse_drafter(drafter)
+        if draft is not None and lookup is None:
             _check_tokenizers(target, draft)
         self.target = target
         self.draft = draft
         self.tokenizer = target.tokenizer
-        #: selects trained controller artifacts and calibrated costs for this pair
-        self.setup = Setup(target.name, draft.name if draft else "-", target.compression,
-                           draft.compression if draft else "-", target.model.device.type)
+        source = lookup or (ChainSource(draft.model) if draft else None)
+        self.engine = Engine(target.model, source)
+        #: selects trained controller artifacts and calibrated costs for this pair (drafter included)
+        chain = lookup is None and draft is not None
+        self.setup = Setup(target.name, draft.name if chain else drafter_name(lookup) if lookup else "-",
+                           target.compression, draft.compression if chain else "-", target.model.device.type)
         if controller is None:
-            controller = "auto" if draft else "autoregressive"
+            controller = "auto" if source else "autoregressive"
         #: the default policy: a template, each run gets a deep copy (runs never share its state)
         self.controller = self._controller(controller)
-        self.engine = Engine(target.model, ChainSource(draft.model) if draft else None)
         self._lock = threading.Lock()  # held for one engine step (or one tokenizer call) at a time
         eos = target.model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
@@ -110,8 +117,8 @@ class Decoder:
 
     def make_controller(self, spec: str | ControllerSpec) -> Controller:
         controller = make_controller(spec, self.setup)
-        if controller.uses_draft and self.draft is None:
-            raise SpeckvError(f"controller {controller.name} needs a draft model")
+        if controller.uses_draft and self.engine.draft is None:
+            raise SpeckvError(f"controller {controller.name} needs a draft model (or --drafter lookup)")
         return controller
 
     def _controller(self, controller: str | ControllerSpec | Controller) -> Controller:
@@ -119,8 +126,8 @@ class Decoder:
             return self.make_controller(controller)
         if not isinstance(controller, Controller):
             raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
-        if controller.uses_draft and self.draft is None:
-            raise SpeckvError(f"controller {controller.name} needs a draft model")
+        if controller.uses_draft and self.engine.draft is None:
+            raise SpeckvError(f"controller {controller.name} needs a draft model (or --drafter lookup)")
         return controller
 
     def _run_controller(self, controller: str | Controller | None) -> Controller:
@@ -285,8 +292,10 @@ def load(
     device: str = "auto",
     compression: str | None = None,
     draft_compression: str | None = None,
+    drafter: str = "model",
 ) -> Decoder:
     """Load (provisioning if needed) a target and draft; draft=None gives the target alone.
+    drafter `lookup[:N_MAX[:N_MIN]]` drafts by prompt lookup and loads no draft model.
 
     controller None: `auto` with a draft, `autoregressive` without. dtype sets both models;
     compression (fp32|bf16|fp16|int8|nf4) overrides it for the target and draft_compression for
@@ -296,8 +305,10 @@ def load(
     elif controller is not None and not isinstance(controller, Controller):
         raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
     pick_device(device)  # an unknown device fails before loading too
+    if parse_drafter(drafter) is not None:
+        draft = None  # prompt lookup needs no draft model
     target_level = Compression.parse(compression or dtype).level
     draft_level = Compression.parse(draft_compression or dtype).level
     target_model = load_model(target, target_level, device)
     draft_model = load_model(draft, draft_level, device) if draft else None
-    return Decoder(target_model, draft_model, controller)
+    return Decoder(target_model, draft_model, controller, drafter)

@@ -26,6 +26,7 @@ Dtype = Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (fast), fo
 Comp = Annotated[Optional[str], typer.Option(help="target compression: fp32|bf16|fp16|int8|nf4 (overrides --dtype)")]
 DraftComp = Annotated[Optional[str], typer.Option(help="draft compression: fp32|bf16|fp16|int8|nf4 (overrides --dtype)")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
+Drafter = Annotated[str, typer.Option(help="model (the draft model proposes) or lookup[:N_MAX[:N_MIN]] (prompt lookup: n-grams of the text, no draft model)")]
 
 
 def _err(message: str) -> None:
@@ -117,6 +118,7 @@ def generate(
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
+    drafter: Drafter = "model",
     controller: Annotated[str, typer.Option(help="auto (trained cost-aware if present), fixed:N, autoregressive, hf-heuristic, hf-confidence, p-min, cost-aware, speckv")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples")] = 0.0,
@@ -147,7 +149,10 @@ def generate(
     from speckv.control import ControllerSpec
 
     uses_draft = ControllerSpec.parse(controller).uses_draft  # the target alone needs no draft loaded
-    dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
+    from speckv.drafting import parse_drafter
+
+    parse_drafter(drafter)  # a bad --drafter fails before any model loads
+    dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller, drafter=drafter,
                       device=device, compression=compression, draft_compression=draft_compression)
     encoded = []
     for p in prompts:  # every prompt must fit before any is generated
@@ -175,6 +180,7 @@ def serve(
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
+    drafter: Drafter = "model",
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8000,
     queue_size: Annotated[int, typer.Option(help="requests that may wait for the single generation worker (more: 429)")] = 16,
@@ -191,9 +197,12 @@ def serve(
     if not timeout > 0:
         raise SpeckvError(f"--timeout must be positive (got {timeout})")
     uses_draft = ControllerSpec.parse(controller).uses_draft  # before loading gigabytes
+    from speckv.drafting import parse_drafter
+
+    parse_drafter(drafter)
     sock = bind(host, port)  # a busy port or bad host fails now, not after the load
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
-                      device=device, compression=compression, draft_compression=draft_compression)
+                      device=device, compression=compression, draft_compression=draft_compression, drafter=drafter)
     run_server(dec, host, port, queue_size=queue_size, timeout=timeout, model_name=target, sock=sock,
                ready=lambda url: typer.echo(f"speckv: serving {target} at {url}"))
 

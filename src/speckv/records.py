@@ -7,11 +7,13 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass(slots=True, frozen=True)
 class TokenSignals:
-    """What the draft knew about one token it proposed (from its untempered softmax)."""
+    """What the proposer knew about one token it proposed: a draft model's untempered softmax, or
+    prompt lookup's distribution of next tokens over the matched n-gram's occurrences."""
 
     entropy: float  # nats
     top1: float  # probability of the most likely token
     margin: float  # top-1 minus top-2 probability
+    match_len: int = 0  # prompt lookup: length of the matched n-gram (0: a model's proposal)
 
 
 @dataclass(slots=True)
