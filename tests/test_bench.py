@@ -2,7 +2,7 @@
 
 import json
 
-from speckv.bench.side_by_side import Row, hf_assisted_settings, summarize
+from speckv.bench.side_by_side import Row, hf_settings, summarize
 
 
 def test_summary_ratios_and_strict_json():
@@ -22,7 +22,12 @@ def test_summary_ratios_and_strict_json():
     json.dumps(list(out.values()), allow_nan=False)
 
 
-def test_hf_assisted_settings_are_pinned():
-    assert hf_assisted_settings("hf-assisted")["num_assistant_tokens"] == 20
-    four = hf_assisted_settings("hf-assisted:4")
+def test_hf_settings_are_pinned():
+    assert hf_settings("hf-assisted")["num_assistant_tokens"] == 20
+    four = hf_settings("hf-assisted:4")
     assert four == {"num_assistant_tokens": 4, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
+
+
+def test_hf_lookup_settings_are_pinned():
+    assert hf_settings("hf-lookup") == {"prompt_lookup_num_tokens": 10, "max_matching_ngram_size": 2}
+    assert hf_settings("hf-lookup:4")["prompt_lookup_num_tokens"] == 4

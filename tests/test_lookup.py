@@ -130,3 +130,27 @@ def test_cli_lookup_generates_the_targets_output_without_a_draft(cli):
 def test_cli_bad_drafter_is_one_line(cli, drafter, message):
     code, _, err = cli("generate", "hi", "--drafter", drafter, "--target", "no-such-model")
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_runs_transformers_prompt_lookup_beside_ours(cli, tmp_path):
+    """bench --drafter lookup with hf-lookup: transformers' prompt lookup is a peer method, and in
+    float32 both reproduce the target alone."""
+    import json
+
+    code, out, err = cli("bench", "--target", "smollm2-135m-instruct", "--draft", "smollm2-135m-instruct",
+                         "--dtype", "float32", "--drafter", "lookup", "--tasks", "code", "--prompts", "1",
+                         "--max-new-tokens", "12", "--methods", "autoregressive,fixed:4,hf-lookup,hf-lookup:4,hf-assisted:4",
+                         "--out", str(tmp_path / "b.json"))
+    assert code == 0, err
+    rows = {line.split()[1]: line for line in out.splitlines() if line.startswith("│")}
+    for method in ("fixed:4", "hf-lookup", "hf-lookup:4", "hf-assisted:4"):
+        assert rows[method].rstrip(" │").endswith("100%"), rows[method]
+    assert "lookup:3:1" in out  # the table names the drafter
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert saved["config"]["drafter"] == "lookup" and saved["config"]["draft"] == "lookup:3:1"
+
+
+@pytest.mark.parametrize("method,message", [("hf-lookup:0", "token count"), ("hf-lookup:x", "token count")])
+def test_bad_hf_lookup_is_one_line(cli, method, message):
+    code, _, err = cli("bench", "--methods", f"autoregressive,{method}", "--target", "no-such-model")
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1

@@ -36,6 +36,17 @@ def test_greedy_equals_transformers_generate(qwen_fp32):
             assert result.stats.mean_accepted > 0.5  # the pair really speculates
 
 
+def test_lookup_drafter_is_lossless(qwen_fp32):
+    """Prompt lookup on the float32 Qwen target (the Decoder's own target, no draft model): greedy
+    output equals the target alone, on a prompt whose answer copies its input."""
+    lookup = speckv.Decoder(qwen_fp32.target, None, "fixed:4", drafter="lookup")
+    code = "def area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n"
+    ids = lookup.encode(f"Add type hints to these functions and return the whole code:\n```python\n{code}```")
+    want = lookup.generate(ids, controller="autoregressive", max_new_tokens=40)
+    got = lookup.generate(ids, max_new_tokens=40)
+    assert got.token_ids == want.token_ids and got.stats.mean_accepted > 0.5
+
+
 def test_stream_matches_generate_text(qwen_fp32):
     pieces = list(qwen_fp32.stream("Write a Python function that reverses a string.", max_new_tokens=20))
     result = qwen_fp32.generate("Write a Python function that reverses a string.", max_new_tokens=20)

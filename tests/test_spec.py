@@ -52,13 +52,14 @@ def test_defaults_make_equal_specs():
 
 
 @pytest.mark.parametrize("text,canonical,gamma", [("hf-assisted", "hf-assisted", None), ("hf-assisted:4", "hf-assisted:4", 4),
-                                                  ("hf-assisted:", "hf-assisted", None)])
+                                                  ("hf-assisted:", "hf-assisted", None), ("hf-lookup", "hf-lookup", None),
+                                                  ("hf-lookup:10", "hf-lookup:10", 10)])
 def test_hf_assisted_is_a_method_only_where_allowed(text, canonical, gamma):
     spec = ControllerSpec.parse(text, allow_external=True)
     assert spec.gamma == gamma and str(spec) == canonical  # no count: transformers' defaults, not hf-assisted:20
     assert ControllerSpec.parse(str(spec), allow_external=True) == spec
     for bad in (text, spec):
-        with pytest.raises(SpeckvError, match="unknown controller 'hf-assisted"):
+        with pytest.raises(SpeckvError, match=f"unknown controller '{spec.name}"):
             ControllerSpec.parse(bad)
     with pytest.raises(SpeckvError, match="unknown controller"):
         make_controller(spec)
@@ -75,12 +76,12 @@ def test_oracle_is_replay_only():
 
 
 @pytest.mark.parametrize("text", ["autoregressive", "auto", "fixed:2", "hf-heuristic", "hf-confidence:3", "p-min:4:0.5",
-                                  "cost-aware", "speckv", "oracle", "hf-assisted", "hf-assisted:3"])
+                                  "cost-aware", "speckv", "oracle", "hf-assisted", "hf-assisted:3", "hf-lookup:5"])
 def test_flags(text):
     spec = ControllerSpec.parse(text, allow_replay_only=True, allow_external=True)
-    assert spec.uses_draft == (text != "autoregressive")
+    assert spec.uses_draft == (text not in ("autoregressive", "hf-lookup:5"))  # transformers' lookup needs no draft
     assert spec.replay_only == (text == "oracle")
-    assert spec.external == text.startswith("hf-assisted")
+    assert spec.external == text.startswith(("hf-assisted", "hf-lookup"))
     assert spec.needs_artifact == (text in ("cost-aware", "speckv"))
     if not (spec.replay_only or spec.external or spec.needs_artifact):
         assert make_controller(spec).uses_draft == spec.uses_draft  # the flag agrees with what is built

@@ -209,7 +209,7 @@ def serve(
 
 @app.command()
 def bench(
-    methods: Annotated[str, typer.Option(help="comma list: controllers, hf-assisted, hf-assisted:N")] = "autoregressive,fixed:4,hf-assisted,hf-assisted:4",
+    methods: Annotated[str, typer.Option(help="comma list: controllers, hf-assisted[:N] (transformers' assisted generation), hf-lookup[:N] (transformers' prompt lookup)")] = "autoregressive,fixed:4,hf-assisted,hf-assisted:4",
     category: Annotated[Optional[str], typer.Option(help="Spec-Bench categories, comma list (default coding unless --tasks)")] = None,
     tasks: Annotated[Optional[str], typer.Option(help="instead of --category: code,math,chat,summarization, or edit (code editing, by name only)")] = None,
     prompts: Annotated[int, typer.Option(help="prompts per category or task")] = 10,
@@ -221,6 +221,7 @@ def bench(
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
+    drafter: Drafter = "model",
     out: Annotated[Optional[Path], typer.Option(help="write per-prompt rows and the summary as JSON")] = None,
 ) -> None:
     """Tokens/s of several methods on the same prompts, interleaved per prompt."""
@@ -233,15 +234,21 @@ def bench(
     if category and tasks:
         raise SpeckvError("give --category or --tasks, not both")
     chosen = _bench_prompts(category, tasks, prompts, seed)
-    dec = speckv.load(target=target, draft=draft, dtype=dtype, device=device,
+    from speckv.drafting import parse_drafter
+
+    lookup = parse_drafter(drafter)
+    need_draft = lookup is None or any(check_method(m).name == "hf-assisted" for m in names)
+    dec = speckv.load(target=target, draft=draft if need_draft else None, dtype=dtype, device=device,
                       compression=compression, draft_compression=draft_compression)
+    if lookup is not None:  # our methods draft by lookup; hf-assisted keeps the draft model
+        dec = speckv.Decoder(dec.target, dec.draft, None, drafter)
     rows = _side_by_side(dec, names, chosen, max_new_tokens)
     _print_bench(dec, rows, names, f"{len(chosen)} prompts x {max_new_tokens} tokens")
     if out:
         from speckv.files import write_json
 
         write_json(out, bench_payload(dec, rows, names, {"max_new_tokens": max_new_tokens, "category": category,
-                                                         "tasks": tasks, "seed": seed}))
+                                                         "tasks": tasks, "seed": seed, "drafter": drafter}))
 
 
 @app.command()
@@ -312,8 +319,8 @@ def _print_bench(dec, rows, names, what: str) -> None:
 
     summary = summarize(rows, names, names[0])
     tasks = per_task(rows, names)
-    levels = f"target {dec.target.compression}, draft {dec.draft.compression}"
-    table = Table(title=f"{dec.target.name} <- {dec.draft.name}, {levels}\n{what}, torch threads {torch.get_num_threads()}",
+    levels = f"target {dec.target.compression}, draft {dec.setup.draft_compression}"
+    table = Table(title=f"{dec.target.name} <- {dec.setup.draft}, {levels}\n{what}, torch threads {torch.get_num_threads()}",
                   caption=f"speedup and same output: against {names[0]}; task columns: tokens/s; "
                           "accepted: draft tokens accepted per step")
     table.add_column("method", no_wrap=True)

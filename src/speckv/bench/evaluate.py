@@ -22,7 +22,7 @@ import pandas as pd
 from transformers.utils import is_sklearn_available
 
 from speckv.api import Decoder
-from speckv.bench.side_by_side import hf_assisted_settings, run_method
+from speckv.bench.side_by_side import hf_settings, run_method
 from speckv.control import cost_path
 from speckv.control.artifact import Setup, default_path
 from speckv.control.oracle import Oracle
@@ -242,7 +242,7 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
                 r = run_method(dec, spec, base["prompt_id"], trace.prompt_ids, config.max_new_tokens)
                 row = _run_row({**base, "mode": "live"}, spec, r.new_tokens, r.wall_s, None)
                 row["identical"] = r.token_ids == trace.output_ids
-                row["settings"] = json.dumps({**hf_assisted_settings(spec), "sklearn": is_sklearn_available()})
+                row["settings"] = json.dumps({**hf_settings(spec), "sklearn": is_sklearn_available()})
                 runs.append(row)
                 continue
             result = dec.generate(trace.prompt_ids, controller=parsed, max_new_tokens=config.max_new_tokens)

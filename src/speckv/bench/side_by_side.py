@@ -3,9 +3,10 @@
 Invariant: every method sees the same prompt ids back to back (the order rotated per prompt, so
 machine drift between methods averages out), and tokens/s is total tokens over total seconds.
 
-Methods: any controller spec (run through our engine), and `hf-assisted[:N]`, transformers'
-own assisted generation. transformers reads its drafting settings from the *draft's*
-generation_config, so we set them there: `hf-assisted` = its defaults (20 tokens, constant
+Methods: any controller spec (run through our engine), `hf-assisted[:N]`, transformers'
+own assisted generation, and `hf-lookup[:N]`, transformers' prompt lookup (N tokens, default 10).
+transformers reads its assisted-generation settings from the *draft's* generation_config, so we
+set them there: `hf-assisted` = its defaults (20 tokens, constant
 schedule, confidence threshold 0.4, fixed unless scikit-learn is installed), `hf-assisted:N` =
 N tokens, constant schedule, confidence stopping off (the same gamma as our fixed:N).
 """
@@ -44,25 +45,34 @@ def check_method(method: str | ControllerSpec) -> ControllerSpec:
     return ControllerSpec.parse(method, allow_external=True)
 
 
-def hf_assisted_settings(method: str | ControllerSpec) -> dict:
-    tokens = check_method(method).gamma
-    if tokens is None:
+def hf_settings(method: str | ControllerSpec) -> dict:
+    """The generate() settings of a transformers method, pinned (results record them)."""
+    spec = check_method(method)
+    if spec.name == "hf-lookup":  # as transformers' docs show it: 10 tokens, n-grams up to 2 (its default)
+        return {"prompt_lookup_num_tokens": spec.gamma or 10, "max_matching_ngram_size": 2}
+    if spec.gamma is None:
         return {"num_assistant_tokens": 20, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.4}
-    return {"num_assistant_tokens": tokens, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
+    return {"num_assistant_tokens": spec.gamma, "num_assistant_tokens_schedule": "constant", "assistant_confidence_threshold": 0.0}
 
 
-def _hf_assisted(decoder: Decoder, method: ControllerSpec, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
-    if decoder.draft is None:
-        raise SpeckvError("hf-assisted needs a draft model")
-    target, draft = decoder.target.model, decoder.draft.model
-    for key, value in hf_assisted_settings(method).items():
-        setattr(draft.generation_config, key, value)
+def _hf_generate(decoder: Decoder, method: ControllerSpec, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
+    """transformers' own loop: assisted generation (hf-assisted) or prompt lookup (hf-lookup)."""
+    target = decoder.target.model
+    if method.name == "hf-lookup":
+        extra = hf_settings(method)
+    else:  # transformers reads assisted generation's settings from the draft's generation_config
+        if decoder.draft is None:
+            raise SpeckvError("hf-assisted needs a draft model")
+        draft = decoder.draft.model
+        for key, value in hf_settings(method).items():
+            setattr(draft.generation_config, key, value)
+        extra = {"assistant_model": draft}
     input_ids = torch.tensor([ids], device=target.device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = target.generate(
-            input_ids, attention_mask=torch.ones_like(input_ids), assistant_model=draft,
-            do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=decoder.tokenizer.pad_token_id,
+            input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=max_new_tokens,
+            pad_token_id=decoder.tokenizer.pad_token_id, **extra,
         )
     return out[0, len(ids):].tolist(), time.perf_counter() - t0
 
@@ -70,7 +80,7 @@ def _hf_assisted(decoder: Decoder, method: ControllerSpec, ids: list[int], max_n
 def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], max_new_tokens: int, task: str = "") -> Row:
     spec = check_method(method)
     if spec.external:
-        tokens, wall = _hf_assisted(decoder, spec, ids, max_new_tokens)
+        tokens, wall = _hf_generate(decoder, spec, ids, max_new_tokens)
         return Row(method, prompt_id, len(tokens), wall, None, None, tokens, task)
     result = decoder.generate(ids, controller=spec, max_new_tokens=max_new_tokens)
     s = result.stats
@@ -129,8 +139,8 @@ def bench_payload(decoder: Decoder, rows: list[Row], methods: list[str], config:
 
     return {"summary": summarize(rows, methods, methods[0]), "per_task": per_task(rows, methods),
             "rows": [r.__dict__ for r in rows],
-            "config": {**config, "draft": decoder.draft.name, "target": decoder.target.name,
-                       "target_compression": decoder.target.compression, "draft_compression": decoder.draft.compression,
+            "config": {**config, "draft": decoder.setup.draft, "target": decoder.target.name,
+                       "target_compression": decoder.target.compression, "draft_compression": decoder.setup.draft_compression,
                        "methods": methods, "threads": torch.get_num_threads(), "torch": torch.__version__,
                        # with scikit-learn present, assisted generation adapts its confidence threshold
                        "hf_assisted_sklearn": is_sklearn_available()}}

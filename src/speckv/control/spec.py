@@ -6,7 +6,8 @@ reads typed fields and flags; nothing else splits a spec on ':' or compares its 
 
 Forms: auto, autoregressive, fixed:N, hf-heuristic[:N], hf-confidence[:N], p-min[:N[:P]],
 cost-aware[:ARTIFACT], speckv[:ARTIFACT], oracle (replay only) and, where a caller allows it,
-hf-assisted[:N] (transformers' own assisted generation: a bench/eval method, not our engine).
+hf-assisted[:N] (transformers' own assisted generation) and hf-lookup[:N] (transformers' prompt
+lookup, `prompt_lookup_num_tokens`): bench/eval methods, not our engine.
 Parsing reads no file and loads nothing (so it imports no model or training library): trained
 artifacts are found and checked when a controller is built for a setup.
 """
@@ -21,12 +22,13 @@ from speckv.errors import SpeckvError
 MAX_GAMMA = 32
 NAMES = ("auto", "fixed:N", "autoregressive", "hf-heuristic[:N]", "hf-confidence[:N]", "p-min[:N[:P]]",
          "cost-aware[:ARTIFACT]", "speckv[:ARTIFACT]", "oracle (replay only)")
-METHODS = ("hf-assisted[:N]",)  # not controllers: what bench and eval also run
+METHODS = ("hf-assisted[:N]", "hf-lookup[:N]")  # not controllers: what bench and eval also run
+EXTERNAL = ("hf-assisted", "hf-lookup")  # transformers' own loops
 
 #: the typed arguments each name takes (ControllerSpec field names)
 _ARGS = {"auto": (), "autoregressive": (), "oracle": (), "fixed": ("gamma",), "hf-heuristic": ("gamma",),
          "hf-confidence": ("gamma",), "p-min": ("gamma", "p_min"), "cost-aware": ("artifact",),
-         "speckv": ("artifact",), "hf-assisted": ("gamma",)}
+         "speckv": ("artifact",), "hf-assisted": ("gamma",), "hf-lookup": ("gamma",)}
 _DEFAULT_GAMMA = {"hf-heuristic": 5, "hf-confidence": 20, "p-min": 16}  # fixed has none: it needs one
 _DEFAULT_P_MIN = 0.75
 
@@ -37,7 +39,8 @@ def _unknown(text: object, external: bool) -> SpeckvError:
 
 
 def _hf_assisted_range(text: str) -> SpeckvError:
-    return SpeckvError(f"unknown method {text!r}: hf-assisted takes an optional token count in [1, {MAX_GAMMA}]")
+    name = text.partition(":")[0]
+    return SpeckvError(f"unknown method {text!r}: {name} takes an optional token count in [1, {MAX_GAMMA}]")
 
 
 def _int_arg(name: str, arg: str) -> int:
@@ -88,8 +91,8 @@ class ControllerSpec:
             if isinstance(gamma, bool) or not isinstance(gamma, int):
                 raise SpeckvError(f"controller {name}: {gamma!r} is not an integer")
             if not 1 <= gamma <= MAX_GAMMA:
-                if name == "hf-assisted":
-                    raise _hf_assisted_range(f"hf-assisted:{gamma}")
+                if name in EXTERNAL:
+                    raise _hf_assisted_range(f"{name}:{gamma}")
                 raise SpeckvError(f"controller {name}: {gamma} is out of range [1, {MAX_GAMMA}]")
         object.__setattr__(self, "gamma", gamma)
         if name == "p-min":
@@ -123,7 +126,7 @@ class ControllerSpec:
     @classmethod
     def _from_text(cls, text: str, allow_external: bool) -> ControllerSpec:
         name, _, arg = text.strip().partition(":")
-        if name not in _ARGS or name == "hf-assisted" and not allow_external:
+        if name not in _ARGS or name in EXTERNAL and not allow_external:
             raise _unknown(text, allow_external)
         if not arg:  # `name` and `name:` alike: the defaults
             return cls(name)
@@ -131,7 +134,7 @@ class ControllerSpec:
             raise SpeckvError(f"controller {name} takes no argument")
         if name in ("cost-aware", "speckv"):
             return cls(name, artifact=Path(arg))
-        if name == "hf-assisted":
+        if name in EXTERNAL:
             if not (arg.isdigit() and 1 <= int(arg) <= MAX_GAMMA):
                 raise _hf_assisted_range(text)
             return cls(name, gamma=int(arg))
@@ -153,7 +156,7 @@ class ControllerSpec:
     @property
     def uses_draft(self) -> bool:
         """Whether it needs a draft model loaded (only the target alone does not)."""
-        return self.name != "autoregressive"
+        return self.name not in ("autoregressive", "hf-lookup")
 
     @property
     def replay_only(self) -> bool:
@@ -162,8 +165,9 @@ class ControllerSpec:
 
     @property
     def external(self) -> bool:
-        """transformers' assisted-generation loop, not our engine: runs live only, never replayed."""
-        return self.name == "hf-assisted"
+        """transformers' own loop (assisted generation, prompt lookup), not our engine: runs live
+        only, never replayed."""
+        return self.name in EXTERNAL
 
     @property
     def needs_artifact(self) -> bool:
