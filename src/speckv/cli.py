@@ -312,6 +312,7 @@ def _side_by_side(dec, names, chosen, max_new_tokens):
 
 def _print_bench(dec, rows, names, what: str) -> None:
     import torch
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
@@ -321,11 +322,12 @@ def _print_bench(dec, rows, names, what: str) -> None:
     tasks = per_task(rows, names)
     levels = f"target {dec.target.compression}, draft {dec.setup.draft_compression}"
     table = Table(title=f"{dec.target.name} <- {dec.setup.draft}, {levels}\n{what}, torch threads {torch.get_num_threads()}",
-                  caption=f"speedup and same output: against {names[0]}; task columns: tokens/s; "
-                          "accepted: draft tokens accepted per step")
+                  caption=f"speedup and same (share of prompts with the same tokens): against {names[0]}; "
+                          "task columns: tokens/s; acc: draft tokens accepted per step",
+                  box=box.SIMPLE_HEAD)
     table.add_column("method", no_wrap=True)
-    for col in ("tok/s", "speedup", "accepted", *tasks, "same output"):
-        table.add_column(col, justify="right")
+    for col in ("tok/s", "speedup", "acc", *(t[:5] for t in tasks), "same"):
+        table.add_column(col, justify="right", no_wrap=True)
     for s in summary:
         acc, same = s["mean_accepted"], s["same_output"]
         table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['speedup']:.2f}x", "-" if acc is None else f"{acc:.2f}",
