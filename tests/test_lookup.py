@@ -11,7 +11,7 @@ from speckv.control import make_controller
 from speckv.drafting.lookup import LookupSource, lookup
 from speckv.engine import Engine, SamplingConfig, Verdict
 from speckv.errors import SpeckvError
-from test_sampling import accept_always, chi2_p, pair_distribution
+from test_sampling import accept_always, chi2_p, pair_distribution, sample_pairs
 
 
 def test_longest_ngram_first_and_most_recent_on_ties():
@@ -70,15 +70,6 @@ def test_bad_drafter_specs(spec, message):
         parse_drafter(spec)
 
 
-def lookup_pairs(engine, prompt, config, draws):
-    counts = torch.zeros(64)
-    for seed in range(draws):
-        cfg = SamplingConfig(True, config.temperature, config.top_k, config.top_p, seed)
-        tokens = [t for e in engine.run(prompt, make_controller("fixed:1"), cfg, 2) for t in e.tokens]
-        counts[tokens[0] * 8 + tokens[1]] += 1
-    return counts
-
-
 class UniformClaims(LookupSource):
     """Broken: lookup proposals passed on with a made-up uniform draft distribution (instead of
     one-hot), so the acceptance ratio p/q is wrong."""
@@ -104,9 +95,9 @@ def test_sampling_with_lookup_follows_the_target():
     config = SamplingConfig(True, temperature=0.9)
     prompt = [1, 2, 3, 1, 2]  # lookup proposes 3 after "1 2"
     exact = pair_distribution(target, prompt, config)
-    assert chi2_p(lookup_pairs(Engine(target, LookupSource()), prompt, config, 12_000), exact) > 0.01
-    assert chi2_p(lookup_pairs(Engine(target, LookupSource(), acceptance=accept_always), prompt, config, 3_000), exact) < 0.01
-    assert chi2_p(lookup_pairs(Engine(target, UniformClaims()), prompt, config, 12_000), exact) < 0.01
+    assert chi2_p(sample_pairs(Engine(target, LookupSource()), prompt, config, 12_000), exact) > 0.01
+    assert chi2_p(sample_pairs(Engine(target, LookupSource(), acceptance=accept_always), prompt, config, 3_000), exact) < 0.01
+    assert chi2_p(sample_pairs(Engine(target, UniformClaims()), prompt, config, 12_000), exact) < 0.01
 
 
 def test_cli_lookup_generates_the_targets_output_without_a_draft(cli):
