@@ -8,21 +8,29 @@ import torch
 
 from conftest import tiny_decoder, tiny_model
 from speckv.control import make_controller
-from speckv.drafting.lookup import LookupSource, lookup
+from speckv.drafting.lookup import LookupSource
 from speckv.engine import Engine, SamplingConfig, Verdict
 from speckv.errors import SpeckvError
 from test_sampling import accept_always, chi2_p, pair_distribution, sample_pairs
 
 
-def test_longest_ngram_first_and_most_recent_on_ties():
-    ids = np.array([5, 1, 2, 3, 9, 1, 2, 4, 7, 1, 2])
-    token, sig = lookup(ids, 1, 3)  # "1 2" followed by 3 and by 4: a tie, the most recent wins
-    assert token == 4 and sig.match_len == 2
-    assert sig.top1 == pytest.approx(0.5) and sig.margin == pytest.approx(0.0) and sig.entropy == pytest.approx(np.log(2))
-    token, sig = lookup(np.array([1, 2, 3, 8, 2, 3, 9, 0, 1, 2, 3]), 1, 3)  # "1 2 3" beats the commoner "2 3"
-    assert token == 8 and sig.match_len == 3 and sig.top1 == 1.0
-    assert lookup(np.array([1, 2, 3, 4]), 1, 3) is None  # nothing recurs
-    assert lookup(np.array([7, 7]), 2, 3) is None and lookup(np.array([7, 7]), 1, 3)[0] == 7
+def propose(ids, budget, n_max=3, n_min=1):
+    drafter = LookupSource(n_max, n_min).new(64, lambda: None)
+    return drafter.propose(list(ids), budget, make_controller(f"fixed:{budget}"), SamplingConfig(), None, frozenset())
+
+
+def test_copies_after_the_first_occurrence_of_the_longest_ngram():
+    draft = propose([5, 1, 2, 3, 9, 1, 2, 4, 7, 1, 2], 3)  # "1 2" seen twice: copy after the first
+    assert draft.tokens == [3, 9, 1]
+    first, second = draft.signals[:2]
+    assert first.match_len == 2 and first.top1 == pytest.approx(0.5) and first.margin == pytest.approx(0.0)
+    assert first.entropy == pytest.approx(np.log(2))  # followed once by 3, once by 4
+    assert second.top1 == 1.0 and second.entropy == pytest.approx(0.0)  # only the copied occurrence agrees
+    draft = propose([1, 2, 3, 8, 2, 3, 9, 0, 1, 2, 3], 2)  # "1 2 3" beats the commoner "2 3"
+    assert draft.tokens == [8, 2] and draft.signals[0].match_len == 3
+    assert propose([1, 2, 3, 4], 4).tokens == []  # nothing recurs: nothing proposed
+    assert propose([7, 7], 3, n_max=3, n_min=2).tokens == []  # no 2-gram recurs
+    assert propose([7, 7], 3).tokens == [7, 7, 7]  # a copy may run into what it just proposed
 
 
 @pytest.mark.parametrize("spec", [dict(n_max=0), dict(n_max=2, n_min=3), dict(n_max=17)])

@@ -324,14 +324,14 @@ def _print_bench(dec, rows, names, what: str) -> None:
     table = Table(title=f"{dec.target.name} <- {dec.setup.draft}, {levels}\n{what}, torch threads {torch.get_num_threads()}",
                   caption=f"speedup and same (share of prompts with the same tokens): against {names[0]}; "
                           "task columns: tokens/s; acc: draft tokens accepted per step",
-                  box=box.SIMPLE_HEAD)
+                  box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("method", no_wrap=True)
     for col in ("tok/s", "speedup", "acc", *(t[:5] for t in tasks), "same"):
         table.add_column(col, justify="right", no_wrap=True)
     for s in summary:
         acc, same = s["mean_accepted"], s["same_output"]
         table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['speedup']:.2f}x", "-" if acc is None else f"{acc:.2f}",
-                      *(f"{tasks[t][s['method']]:.2f}" for t in tasks), "-" if same is None else f"{100 * same:.0f}%")
+                      *(f"{tasks[t][s['method']]:.1f}" for t in tasks), "-" if same is None else f"{100 * same:.0f}%")
     Console().print(table)
 
 

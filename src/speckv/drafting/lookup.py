@@ -1,23 +1,22 @@
-"""Prompt lookup: propose what followed the current n-gram where it appeared before in the text.
+"""Prompt lookup: copy what followed the text's last n-gram where it first appeared before.
 
 Zero model cost: proposals come from the prompt and the output so far, so lookup pays where the
 output copies its input (code edits, summaries, retrieval answers) and costs next to nothing where
-it finds no match. Its signals describe the empirical next-token distribution over every earlier
-occurrence of the matched n-gram (top1 = share of occurrences followed by the proposed token,
-margin = top1 minus the runner-up's share, entropy in nats), the same three numbers a model
-drafter reports, so the same controllers can price it; `TokenSignals.match_len` says how long the
-match was (0 for model drafts).
+it finds no match. A step finds the longest recurring n-gram (n_max down to n_min) and copies a
+contiguous span from after its first occurrence (as transformers' prompt lookup does: the prompt,
+which the output usually copies; measured on edit prompts, copying from the most recent occurrence
+accepted 2.7 tokens per step against 3.5). Signals describe the continuations of every occurrence
+still agreeing with the copied span: top1 = the proposed token's share, margin = that minus the best
+other token's share, entropy of the shares (nats), and `match_len` = n, so the controllers that
+price a model's drafts can price these too.
 
-Invariants: longest n-gram first (n_max down to n_min); ties go to the most recent occurrence;
-the drafter keeps no state beyond `ids`, so prefill and rollback do nothing. Proposals are
-deterministic: speculative sampling treats them as one-hot draft distributions, which keeps
+Invariants: the drafter keeps no state beyond `ids`, so prefill and rollback do nothing. Proposals
+are deterministic: speculative sampling treats them as one-hot draft distributions, which keeps
 sampling exact.
 """
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,22 +30,25 @@ from speckv.records import TokenSignals
 MAX_N = 16
 
 
-def lookup(ids: np.ndarray, n_min: int, n_max: int) -> tuple[int, TokenSignals] | None:
-    """The token that followed the longest earlier occurrence of the text's last n-gram, with
-    signals from all such occurrences; None when no n-gram of length n_min..n_max recurs."""
+def find(ids: np.ndarray, n_min: int, n_max: int) -> tuple[int, np.ndarray] | None:
+    """The longest n (n_max down to n_min) whose last n-gram occurred before, and where each
+    earlier occurrence's continuation starts; None when nothing recurs."""
     for n in range(min(n_max, len(ids) - 1), n_min - 1, -1):
         windows = np.lib.stride_tricks.sliding_window_view(ids[:-1], n)  # every n-gram that has a successor
         starts = np.flatnonzero((windows == ids[-n:]).all(axis=1))
-        if not len(starts):
-            continue
-        followers = ids[starts + n].tolist()
-        counts = Counter(followers)
-        best = max(counts.values())
-        token = next(t for t in reversed(followers) if counts[t] == best)  # most recent among the most frequent
-        shares = sorted((c / len(followers) for c in counts.values()), reverse=True)
-        entropy = -sum(s * math.log(s) for s in shares)
-        return token, TokenSignals(entropy, shares[0], shares[0] - (shares[1] if len(shares) > 1 else 0.0), n)
+        if len(starts):
+            return n, starts + n
     return None
+
+
+def signals(followers: np.ndarray, token: int, n: int) -> TokenSignals:
+    """The proposed token's share among the continuations still in play, the margin over the best
+    other token, and the entropy of those shares (nats)."""
+    values, counts = np.unique(followers, return_counts=True)
+    shares = counts / counts.sum()
+    mine = float(shares[values == token][0])
+    other = float(shares[values != token].max()) if len(values) > 1 else 0.0
+    return TokenSignals(float(-(shares * np.log(shares)).sum()), mine, mine - other, n)
 
 
 @dataclass(frozen=True)
@@ -80,16 +82,25 @@ class LookupDrafter:
                 stop_ids: frozenset[int]) -> Draft:
         text = np.empty(len(ids) + budget, dtype=np.int64)
         text[: len(ids)] = ids
-        end = len(ids)
+        found = find(text[: len(ids)], self.n_min, self.n_max)
+        if found is None:
+            return Draft()
+        n, sources = found  # continuations of every earlier occurrence; copy from one of them
+        copy_from, end = int(sources[0]), len(ids)
 
         def next_proposal() -> Proposal | None:
-            nonlocal end
-            found = lookup(text[:end], self.n_min, self.n_max)
-            if found is None:
+            nonlocal sources, end
+            j = end - len(ids)
+            live = sources[sources + j < end]  # occurrences whose continuation is known this far
+            if copy_from + j >= end or not len(live):
                 return None
-            text[end] = found[0]
+            token = int(text[copy_from + j])
+            followers = text[live + j]
+            proposal = Proposal(token, signals(followers, token, n))
+            sources = live[followers == token]  # those still agreeing with the copied span
+            text[end] = token
             end += 1
-            return Proposal(*found)
+            return proposal
 
         return base.draft_loop(next_proposal, budget, controller, stop_ids)
 
