@@ -76,6 +76,15 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
     return [s for s in stop if s]
 
 
+def _checked_controller(controller):
+    """A spec (parsed here, so a bad one fails before anything loads) or a Controller object."""
+    if isinstance(controller, (str, ControllerSpec)):
+        ControllerSpec.parse(controller)
+    elif not isinstance(controller, Controller):
+        raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
+    return controller
+
+
 def _check_tokenizers(target: LoadedModel, draft: LoadedModel) -> None:
     if target.tokenizer.get_vocab() != draft.tokenizer.get_vocab():
         raise SpeckvError(
@@ -116,16 +125,13 @@ class Decoder:
         self.stop_ids = frozenset(eos)
 
     def make_controller(self, spec: str | ControllerSpec) -> Controller:
-        controller = make_controller(spec, self.setup)
-        if controller.uses_draft and self.engine.draft is None:
-            raise SpeckvError(f"controller {controller.name} needs a draft model (or --drafter lookup)")
-        return controller
+        return self._controller(spec)
 
     def _controller(self, controller: str | ControllerSpec | Controller) -> Controller:
-        if isinstance(controller, (str, ControllerSpec)):
-            return self.make_controller(controller)
-        if not isinstance(controller, Controller):
-            raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
+        """A controller for this Decoder, built from a spec or given; refused if it drafts and
+        the Decoder has no drafter."""
+        if isinstance(_checked_controller(controller), (str, ControllerSpec)):
+            controller = make_controller(controller, self.setup)
         if controller.uses_draft and self.engine.draft is None:
             raise SpeckvError(f"controller {controller.name} needs a draft model (or --drafter lookup)")
         return controller
@@ -300,10 +306,8 @@ def load(
     controller None: `auto` with a draft, `autoregressive` without. dtype sets both models;
     compression (fp32|bf16|fp16|int8|nf4) overrides it for the target and draft_compression for
     the draft. Losslessness is relative to the compressed target."""
-    if isinstance(controller, (str, ControllerSpec)):
-        ControllerSpec.parse(controller)  # fail on a bad controller before loading gigabytes
-    elif controller is not None and not isinstance(controller, Controller):
-        raise SpeckvError(f"controller must be a spec such as 'fixed:4' or a Controller (got {controller!r})")
+    if controller is not None:
+        _checked_controller(controller)  # fail on a bad controller before loading gigabytes
     pick_device(device)  # an unknown device fails before loading too
     if parse_drafter(drafter) is not None:
         draft = None  # prompt lookup needs no draft model

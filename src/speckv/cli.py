@@ -149,9 +149,6 @@ def generate(
     from speckv.control import ControllerSpec
 
     uses_draft = ControllerSpec.parse(controller).uses_draft  # the target alone needs no draft loaded
-    from speckv.drafting import parse_drafter
-
-    parse_drafter(drafter)  # a bad --drafter fails before any model loads
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller, drafter=drafter,
                       device=device, compression=compression, draft_compression=draft_compression)
     encoded = []
@@ -197,9 +194,6 @@ def serve(
     if not timeout > 0:
         raise SpeckvError(f"--timeout must be positive (got {timeout})")
     uses_draft = ControllerSpec.parse(controller).uses_draft  # before loading gigabytes
-    from speckv.drafting import parse_drafter
-
-    parse_drafter(drafter)
     sock = bind(host, port)  # a busy port or bad host fails now, not after the load
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression, drafter=drafter)
@@ -229,15 +223,14 @@ def bench(
     from speckv.bench.side_by_side import bench_payload, check_method
 
     names = list(_csv_list(methods))
-    for m in names:  # fail on a bad method before loading models
-        check_method(m)
+    specs = [check_method(m) for m in names]  # fail on a bad method before loading models
     if category and tasks:
         raise SpeckvError("give --category or --tasks, not both")
     chosen = _bench_prompts(category, tasks, prompts, seed)
     from speckv.drafting import parse_drafter
 
     lookup = parse_drafter(drafter)
-    need_draft = lookup is None or any(check_method(m).name == "hf-assisted" for m in names)
+    need_draft = lookup is None or any(spec.name == "hf-assisted" for spec in specs)
     dec = speckv.load(target=target, draft=draft if need_draft else None, dtype=dtype, device=device,
                       compression=compression, draft_compression=draft_compression)
     if lookup is not None:  # our methods draft by lookup; hf-assisted keeps the draft model

@@ -19,7 +19,7 @@ import pandas as pd
 
 from speckv.errors import SpeckvError
 from speckv.files import atomic_write, dir_lock, ensure_dir, read_parquet, write_json
-from speckv.files import write_parquet as _write_parquet
+from speckv.files import write_parquet  # every unit file: temp + rename, temp removed on failure
 
 SPECKV_STEP_COLUMNS = [
     "compression", "gamma", "task", "step", "accepted", "acceptance_rate", "tokens_produced",
@@ -90,11 +90,6 @@ def step_rows(steps, *, meta: dict) -> list[dict]:
             "draft_ms": s.draft_ms, "verify_ms": s.verify_ms, "control_ms": s.control_ms,
         })
     return rows
-
-
-def write_parquet(df: pd.DataFrame, path: Path) -> None:
-    """Atomically: a reader (or a resumed run) never sees half a file."""
-    _write_parquet(df, path)
 
 
 def unit_name(compression: str, prompt_id: str) -> str:
