@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from speckv.control import ControllerSpec
+from speckv.data.prompts import check_unicode
 from speckv.errors import SpeckvError
 
 #: tokens generated when a request names no max_tokens (OpenAI's default, "up to the context",
@@ -28,11 +29,12 @@ DEFAULT_MAX_TOKENS = 512
 
 
 def _valid_text(text: str) -> str:
-    """JSON may carry a lone UTF-16 surrogate ("\\ud800"); tokenizers cannot encode it."""
+    """JSON may carry a lone UTF-16 surrogate ("\\ud800"); tokenizers cannot encode it. pydantic
+    turns a ValueError into our 400."""
     try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"not valid Unicode text (a lone surrogate at character {exc.start})") from None
+        check_unicode(text, "text")
+    except SpeckvError as exc:
+        raise ValueError(str(exc)) from None
     return text
 
 
