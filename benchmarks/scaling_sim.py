@@ -32,7 +32,7 @@ import math
 import os
 from pathlib import Path
 
-from speckv.measure.cost import CostModel
+from speckv.cost import CostModel
 
 ROOT = Path(__file__).resolve().parent.parent
 COST_DIR = ROOT / "benchmarks/results/eval_qwen/cost"

@@ -27,7 +27,7 @@ from speckv.control.artifact import Setup, default_path, load_artifact
 from speckv.control.cost_aware import CostAware
 from speckv.control.oracle import Oracle
 from speckv.control.train import acceptance_features
-from speckv.measure.cost import CostModel
+from speckv.cost import CostModel
 from speckv.measure.replay import replay
 from speckv.measure.stats import paired_ratio_ci
 from speckv.measure.trace import load_traces, position_table

@@ -173,7 +173,7 @@ def test_headline_compares_live_focus_with_live_baselines_and_replayed_oracle():
 def test_session_cost_refit_predicts_held_out_prompts_where_a_stale_calibration_does_not():
     """Live runs timed by a known cost model; the model from `calibrate` is 25% too fast (the machine
     slowed down since). The leave-one-prompt-out refit recovers the live speed; the stale one does not."""
-    from speckv.measure.cost import CostModel
+    from speckv.cost import CostModel
     from speckv.measure.validate import session_cost_table
 
     true = CostModel((5.0, 60.0, 40.0), (150.0, 4.0, 20.0, 1.0), (0.5, 2.0), (300.0, 500.0))

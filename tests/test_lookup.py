@@ -64,7 +64,7 @@ def test_decoder_with_lookup_needs_no_draft_model(tiny_pair):
     want = dec.generate("abcabcabc", max_new_tokens=30, controller="autoregressive")
     alone = Decoder(dec.target, None, "fixed:4", drafter="lookup:4")
     got = alone.generate("abcabcabc", max_new_tokens=30)
-    assert got.token_ids == want.token_ids and alone.setup.draft == "lookup:4:1"
+    assert got.token_ids == want.token_ids and str(alone.drafter) == "lookup:4:1" and alone.setup.draft == "-"
     with pytest.raises(SpeckvError, match="needs a draft model"):
         Decoder(dec.target, None, "fixed:4", drafter="model")
 
@@ -146,7 +146,7 @@ def test_bench_runs_transformers_prompt_lookup_beside_ours(cli, tmp_path):
         assert rows[method].rstrip().endswith("100%"), rows[method]
     assert "lookup:3:1" in out  # the table names the drafter
     saved = json.loads((tmp_path / "b.json").read_text())
-    assert saved["config"]["drafter"] == "lookup" and saved["config"]["draft"] == "lookup:3:1"
+    assert saved["config"]["drafter"] == "lookup:3:1" and saved["config"]["draft"] == "-"
 
 
 @pytest.mark.parametrize("method,message", [("hf-lookup:0", "token count"), ("hf-lookup:x", "token count")])

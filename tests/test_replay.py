@@ -8,7 +8,7 @@ from speckv.control.oracle import Oracle
 from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
-from speckv.measure.cost import CalibrationRun, CostModel
+from speckv.cost import CalibrationRun, CostModel
 from speckv.records import StepRecord
 from speckv.measure.replay import replay
 from speckv.measure.trace import collect_trace, load_trace, save_trace

@@ -375,7 +375,7 @@ def test_full_disk_for_json_and_png_writes(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
     from speckv.control.artifact import Artifact, Setup
-    from speckv.measure.cost import CostModel
+    from speckv.cost import CostModel
     from speckv.report.page import _save
 
     real = Path.write_text

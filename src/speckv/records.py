@@ -28,6 +28,7 @@ class StepRecord:
     draft_ms: float = 0.0  # draft forwards and sampling
     verify_ms: float = 0.0  # the target's single verification forward
     control_ms: float = 0.0  # time spent inside controller calls
+    drafter: str = ""  # which proposer drafted this step: "model", "lookup" ("": none)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,6 +1,7 @@
 """The controller interface: the one seam between the decode loop and every policy.
 
-The same object runs live in the engine and (later) offline in trace replay, so a policy's
+Five calls, no tensors: start, budget, keep_drafting, observe, and choose (which proposer, when
+the run has more than one). The same object runs live in the engine and (later) offline in trace replay, so a policy's
 replayed behaviour is its live behaviour. The engine imports only this module.
 """
 
@@ -15,6 +16,8 @@ from speckv.records import TokenSignals
 class RequestInfo:
     prompt_len: int
     max_new_tokens: int
+    #: the proposers this run can draft from: "model" (a draft model's chain), "lookup" (prompt lookup)
+    drafters: tuple[str, ...] = ("model",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,7 @@ class StepOutcome:
     drafted: int
     accepted: int
     signals: tuple[TokenSignals, ...]
+    drafter: str = ""  # who drafted: "model", "lookup" ("": nothing was drafted)
 
 
 class Controller:
@@ -42,6 +46,12 @@ class Controller:
     def keep_drafting(self, signals: TokenSignals, drafted: int) -> bool:
         """Called after each drafted token (while below budget): False stops drafting now."""
         return True
+
+    def choose(self, lookup: tuple[TokenSignals, ...]) -> str:
+        """Hybrid drafting only, once per step with a budget: given prompt lookup's offer (the
+        signals of the tokens it would copy, free to compute; empty when the text has no match),
+        draft from "lookup", the "model", or "none". Default: lookup when it offers anything."""
+        return "lookup" if lookup else "model"
 
     def observe(self, outcome: StepOutcome) -> None:
         """Called after verification with what happened."""

@@ -2,7 +2,8 @@
 
 cost-aware: a logistic acceptance model over (entropy, top1, margin) on every on-path trace
 position (teacher-forced, so each is conditioned on an accepted prefix: exactly what the
-controller asks), one per compression, bundled with that setup's calibrated cost model.
+controller asks), one per compression, bundled with that setup's calibrated cost model; and one
+over prompt lookup's signals on the offers lookup makes along the same traces.
 speckv: the paper's MLP-16 on step records; ours come from exact replays of fixed gamma in
 {2,4,6,8} on the same traces (real outcomes, not predictions), all compressions jointly.
 """
@@ -18,7 +19,7 @@ from speckv.control import cost_aware, speckv_mlp
 from speckv.control.artifact import Artifact, Setup
 from speckv.control.fixed import Fixed
 from speckv.errors import SpeckvError
-from speckv.measure.cost import CostModel
+from speckv.cost import CostModel
 from speckv.measure.replay import replay
 from speckv.measure.trace import Trace, position_table
 
@@ -33,6 +34,35 @@ def acceptance_features(pos: pd.DataFrame) -> np.ndarray:
     return pos.assign(log1m_top1=pos.top1.map(cost_aware.log1m))[cost_aware.FEATURES].to_numpy(float)
 
 
+def lookup_table(traces: list[Trace], max_gamma: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt lookup's offers at every output position of the traces (lookup is a function of the
+    text, so the traces' text is all it needs): features (cost_aware.LOOKUP_FEATURES) of each
+    offered token while the ones before it were accepted, and whether the target accepted it."""
+    from speckv.drafting.lookup import LookupSource
+
+    drafter, x, y = LookupSource().new(0, None), [], []
+    for tr in traces:
+        out, prompt = tr.output_ids, list(tr.prompt_ids)
+        for p in range(len(out) - 1):
+            for i, proposal in enumerate(drafter.offer(prompt + out[:p], min(max_gamma, len(out) - p - 1))):
+                s, hit = proposal.signals, proposal.token == out[p + i]
+                x.append((min(s.match_len, 8), s.top1, s.margin, s.entropy, min(i, 8)))
+                y.append(hit)
+                if not hit:
+                    break
+    return np.array(x, float).reshape(-1, len(cost_aware.LOOKUP_FEATURES)), np.array(y, int)
+
+
+def train_lookup_acceptance(traces: list[Trace]) -> list[float]:
+    """cost_aware.LookupAcceptance weights (intercept first) fitted on the traces' lookup offers;
+    the built-in default where the traces offer too little to fit."""
+    x, y = lookup_table(traces)
+    if len(y) < 50 or len(set(y.tolist())) < 2:
+        return list(cost_aware.LookupAcceptance().weights)
+    model = LogisticRegression(C=10, max_iter=1000).fit(x, y)
+    return [float(model.intercept_[0]), *map(float, model.coef_[0])]
+
+
 def train_cost_aware(traces: list[Trace], setup: Setup, cost: CostModel, max_gamma: int = 16) -> Artifact:
     max_gamma = min(max_gamma, *(t.depth + 1 for t in traces))  # stay replayable on these traces
     pos = position_table(traces)
@@ -41,7 +71,7 @@ def train_cost_aware(traces: list[Trace], setup: Setup, cost: CostModel, max_gam
     model = LogisticRegression(max_iter=1000).fit(acceptance_features(pos), pos.match.to_numpy(int))
     weights = [float(model.intercept_[0]), *map(float, model.coef_[0])]
     params = {"weights": weights, "prior": float(pos.match.mean()), "max_gamma": max_gamma,
-              "cost": cost.to_dict()}
+              "cost": cost.to_dict(), "lookup_weights": train_lookup_acceptance(traces)}
     return Artifact("cost-aware", setup, cost_aware.FEATURES, params, _trained_on(traces))
 
 

@@ -36,7 +36,8 @@ class Proposal:
 class Draft:
     proposals: list[Proposal] = field(default_factory=list)
     draft_ms: float = 0.0  # inside the proposer (model forwards, sampling, lookups)
-    control_ms: float = 0.0  # inside controller.keep_drafting
+    control_ms: float = 0.0  # inside controller.keep_drafting (and choose)
+    source: str = ""  # the proposer that drafted: "model", "lookup" ("": none)
 
     @property
     def tokens(self) -> list[int]:
@@ -78,6 +79,8 @@ class DraftSource(Protocol):
     """What an Engine is given instead of building a drafter itself."""
 
     name: str
+    #: the proposers its drafters draft from ("model", "lookup"): what controllers are told at start
+    kinds: tuple[str, ...]
     #: rows of the vocabulary this source can propose (a draft model's LM head); None: any id
     vocab: int | None
 
@@ -86,11 +89,11 @@ class DraftSource(Protocol):
 
 
 def draft_loop(next_proposal: Callable[[], Proposal | None], budget: int, controller: Controller,
-               stop_ids: frozenset[int], sync: Callable[[], None] = lambda: None) -> Draft:
+               stop_ids: frozenset[int], sync: Callable[[], None] = lambda: None, source: str = "model") -> Draft:
     """Ask `next_proposal` for tokens until the budget is spent, a stop id is drafted, the
     proposer has nothing more (None), or the controller says stop (asked after each token below
     the budget)."""
-    draft = Draft()
+    draft = Draft(source=source)
     while True:
         t0 = time.perf_counter()
         proposal = next_proposal()
@@ -106,3 +109,13 @@ def draft_loop(next_proposal: Callable[[], Proposal | None], budget: int, contro
         draft.control_ms += (time.perf_counter() - t1) * 1000
         if not go_on:
             return draft
+
+
+def offered(proposals: list[Proposal], budget: int, controller: Controller, stop_ids: frozenset[int],
+            source: str, made_ms: float = 0.0) -> Draft:
+    """draft_loop over proposals made in advance (prompt lookup's offer); `made_ms`, the time it
+    took to make them, counts as drafting time."""
+    pending = iter(proposals)
+    draft = draft_loop(lambda: next(pending, None), budget, controller, stop_ids, source=source)
+    draft.draft_ms += made_ms
+    return draft

@@ -40,6 +40,7 @@ class ChainSource:
 
     model: torch.nn.Module
     name: str = "model"
+    kinds: tuple[str, ...] = ("model",)
 
     @property
     def vocab(self) -> int:

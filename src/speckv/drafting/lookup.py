@@ -17,6 +17,7 @@ sampling exact.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,7 @@ class LookupSource:
     n_max: int = 3
     n_min: int = 1
     name: str = "lookup"
+    kinds: tuple[str, ...] = ("lookup",)
     vocab: int | None = None  # proposes ids that occur in the text: any id the target accepts
 
     def __post_init__(self) -> None:
@@ -78,31 +80,34 @@ class LookupDrafter:
     def prefill(self, ids: list[int]) -> None:
         """Nothing to read ahead: each proposal searches the text as it stands."""
 
-    def propose(self, ids: list[int], budget: int, controller: Controller, config, generator,
-                stop_ids: frozenset[int]) -> Draft:
+    def offer(self, ids: list[int], budget: int) -> list[Proposal]:
+        """Everything lookup would copy after `ids` this step (up to `budget` tokens). Free to
+        compute, so a hybrid drafter shows it to the controller before choosing a proposer."""
         text = np.empty(len(ids) + budget, dtype=np.int64)
         text[: len(ids)] = ids
         found = find(text[: len(ids)], self.n_min, self.n_max)
         if found is None:
-            return Draft()
+            return []
         n, sources = found  # continuations of every earlier occurrence; copy from one of them
-        copy_from, end = int(sources[0]), len(ids)
-
-        def next_proposal() -> Proposal | None:
-            nonlocal sources, end
+        copy_from, end, out = int(sources[0]), len(ids), []
+        while len(out) < budget:
             j = end - len(ids)
             live = sources[sources + j < end]  # occurrences whose continuation is known this far
             if copy_from + j >= end or not len(live):
-                return None
+                break
             token = int(text[copy_from + j])
             followers = text[live + j]
-            proposal = Proposal(token, signals(followers, token, n))
+            out.append(Proposal(token, signals(followers, token, n)))
             sources = live[followers == token]  # those still agreeing with the copied span
             text[end] = token
             end += 1
-            return proposal
+        return out
 
-        return base.draft_loop(next_proposal, budget, controller, stop_ids)
+    def propose(self, ids: list[int], budget: int, controller: Controller, config, generator,
+                stop_ids: frozenset[int]) -> Draft:
+        t0 = time.perf_counter()
+        offer = self.offer(ids, budget)
+        return base.offered(offer, budget, controller, stop_ids, "lookup", (time.perf_counter() - t0) * 1000)
 
     def rollback(self, length: int) -> None:
         """Nothing cached."""

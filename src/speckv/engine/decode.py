@@ -103,7 +103,7 @@ class Engine:
         accept = self.acceptance or (accept_speculative if config.do_sample else accept_greedy)
         cache = DynamicCache(config=self.target.config)
         drafter = self.new_drafter() if self.draft is not None else None  # cheap: its cache fills lazily
-        controller.start(RequestInfo(len(ids), limit))
+        controller.start(RequestInfo(len(ids), limit, self.draft.kinds if self.draft is not None else ()))
 
         t0 = time.perf_counter()
         if len(ids) > 1:
@@ -118,7 +118,7 @@ class Engine:
             # Never draft past the token limit: the last token always comes from the target.
             budget = max(0, min(controller.budget(), limit - produced - 1))
             control_ms = (time.perf_counter() - t0) * 1000
-            drafted, draft_probs, signals, draft_ms = [], None, [], 0.0
+            drafted, draft_probs, signals, draft_ms, source = [], None, [], 0.0, ""
             if budget:
                 if step == 0:  # the draft reads the prompt only for a controller that drafts at once:
                     t1 = time.perf_counter()  # one that starts with plain steps may never pay for it
@@ -127,6 +127,7 @@ class Engine:
                     prefill_ms += (time.perf_counter() - t1) * 1000
                 d = drafter.propose(ids, budget, controller, config, generator, stop_ids)
                 drafted, signals, draft_ms = d.tokens, d.signals, d.draft_ms
+                source = d.source if drafted else ""
                 control_ms += d.control_ms
                 if drafted and config.do_sample:
                     draft_probs = d.probs(self.vocab, self.device)
@@ -153,12 +154,12 @@ class Engine:
                 drafter.rollback(len(ids) - 1)
 
             t3 = time.perf_counter()
-            controller.observe(StepOutcome(budget, len(drafted), verdict.accepted, tuple(signals)))
+            controller.observe(StepOutcome(budget, len(drafted), verdict.accepted, tuple(signals), source))
             control_ms += (time.perf_counter() - t3) * 1000
             record = StepRecord(
                 step=step, context_len=len(ids) - len(new), budget=budget, drafted=len(drafted),
                 accepted=verdict.accepted, emitted=len(new), signals=signals,
-                draft_ms=draft_ms, verify_ms=(t2 - t1) * 1000, control_ms=control_ms,
+                draft_ms=draft_ms, verify_ms=(t2 - t1) * 1000, control_ms=control_ms, drafter=source,
             )
             yield StepEvent(new, record, finished, prefill_ms if step == 0 else 0.0)
             if finished:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
+from speckv.control.oracle import Oracle, model_runs
 from speckv.drafting import base
 from speckv.drafting.base import Draft, Proposal
 from speckv.errors import SpeckvError
@@ -20,17 +21,39 @@ from speckv.measure.trace import Trace
 from speckv.records import StepRecord
 
 
-class TraceDrafter:
-    """The live drafter's proposals, read from a trace: on the target's path the teacher-forced
-    draft token; after the first mismatch, the draft's own recorded continuation. It runs through
-    the same draft loop as the live drafters (drafting.base.draft_loop)."""
+class TraceSource:
+    """The draft model as a DraftSource, read from a trace (for hybrid replay)."""
+
+    name = "model"
+    kinds = ("model",)
+    vocab = None
 
     def __init__(self, trace: Trace):
         self.trace = trace
 
-    def propose(self, p: int, budget: int, controller: Controller) -> Draft:
-        """Draft at output position p (live: after prompt + output[:p])."""
+    def new(self, vocab: int = 0, sync=None) -> TraceDrafter:
+        return TraceDrafter(self.trace)
+
+
+class TraceDrafter:
+    """The live drafter's proposals, read from a trace: on the target's path the teacher-forced
+    draft token; after the first mismatch, the draft's own recorded continuation. A Drafter like
+    the live ones, run through the same draft loop (drafting.base.draft_loop)."""
+
+    def __init__(self, trace: Trace):
+        self.trace = trace
+
+    def prefill(self, ids: list[int]) -> None:
+        """The trace holds every draft state already."""
+
+    def rollback(self, length: int) -> None:
+        """Nothing cached."""
+
+    def propose(self, ids: list[int], budget: int, controller: Controller, config=None, generator=None,
+                stop_ids: frozenset[int] = frozenset()) -> Draft:
+        """Draft after ids = prompt + output[:p] (greedy: ids is always on the target's path)."""
         trace, miss, j = self.trace, None, 0
+        p = len(ids) - len(trace.prompt_ids)
 
         def next_proposal() -> Proposal:
             nonlocal miss, j
@@ -52,39 +75,73 @@ class TraceDrafter:
         return base.draft_loop(next_proposal, budget, controller, trace.stop_ids)
 
 
-def replay(trace: Trace, controller: Controller, cost=None) -> list[StepRecord]:
-    """Steps the controller would take live on this trace's prompt (greedy decoding).
+def trace_source(trace: Trace, drafter: str = "model"):
+    """The DraftSource a live run with `drafter` (model, lookup[:N_MAX[:N_MIN]], hybrid[:...])
+    would have had, with the draft model read from the trace: lookup is a function of the text,
+    so replay runs the live LookupDrafter itself."""
+    from speckv.drafting import parse_drafter
 
-    `cost` (a measure.cost.CostModel) fills draft_ms/verify_ms with predictions."""
+    return parse_drafter(drafter).source(TraceSource(trace))
+
+
+def oracle(trace: Trace, cost, drafter: str = "model", max_gamma: int = 32) -> Oracle:
+    """The oracle over the proposers of a drafter spec (model, lookup, hybrid: the
+    drafter-choosing oracle), replayed with `replay(trace, oracle, cost, drafter)`."""
+    source = trace_source(trace, drafter)
+    runs = {}
+    if "model" in source.kinds:
+        runs["model"] = model_runs(trace.matches)
+    if "lookup" in source.kinds:
+        lookup = source.lookup.new(0, None) if hasattr(source, "lookup") else source.new(0, None)
+        out, prompt = trace.output_ids, list(trace.prompt_ids)
+        runs["lookup"] = []
+        for p in range(len(out)):
+            offer = lookup.offer(prompt + out[:p], min(max_gamma, len(out) - p))
+            k = 0
+            while k < len(offer) and offer[k].token == out[p + k]:
+                k += 1
+            runs["lookup"].append(k)
+        runs["lookup"].append(0)
+    return Oracle(trace, cost, max_gamma, runs)
+
+
+def replay(trace: Trace, controller: Controller, cost=None, drafter: str = "model") -> list[StepRecord]:
+    """Steps the controller would take live on this trace's prompt (greedy decoding) with the
+    given drafter spec.
+
+    `cost` (a speckv.cost.CostModel) fills draft_ms/verify_ms with predictions."""
     out, limit = trace.output_ids, trace.max_new_tokens
-    drafter = TraceDrafter(trace)
-    controller.start(RequestInfo(len(trace.prompt_ids), limit))
+    source = trace_source(trace, drafter)
+    proposer = source.new(0, None)
+    ids = list(trace.prompt_ids)
+    controller.start(RequestInfo(len(trace.prompt_ids), limit, source.kinds))
     steps: list[StepRecord] = []
     p = 0
     while p < len(out):
         t0 = time.perf_counter()
         budget = max(0, min(controller.budget(), limit - p - 1))
         control_s = time.perf_counter() - t0
-        tokens, signals, accepted = [], [], 0
+        tokens, signals, accepted, used = [], [], 0, ""
         if budget:
             if not controller.uses_draft:
                 raise SpeckvError(f"controller {controller.name} asked for drafts without a draft model")
-            draft = drafter.propose(p, budget, controller)
-            tokens, signals = draft.tokens, draft.signals
+            draft = proposer.propose(ids, budget, controller, None, None, trace.stop_ids)
+            tokens, signals, used = draft.tokens, draft.signals, draft.source if draft.tokens else ""
             while accepted < len(tokens) and tokens[accepted] == out[p + accepted]:
                 accepted += 1
             control_s += draft.control_ms / 1000
         emitted = len(out[p : p + accepted + 1])
         t0 = time.perf_counter()
-        controller.observe(StepOutcome(budget, len(tokens), accepted, tuple(signals)))
+        controller.observe(StepOutcome(budget, len(tokens), accepted, tuple(signals), used))
         control_s += time.perf_counter() - t0
         record = StepRecord(
             step=len(steps), context_len=len(trace.prompt_ids) + p, budget=budget, drafted=len(tokens),
-            accepted=accepted, emitted=emitted, signals=signals, control_ms=control_s * 1000,
+            accepted=accepted, emitted=emitted, signals=signals, control_ms=control_s * 1000, drafter=used,
         )
         if cost is not None:
-            record.draft_ms = cost.draft_ms(record.drafted, record.context_len)
+            record.draft_ms = cost.drafter_ms(used, record.drafted, record.context_len)
             record.verify_ms = cost.verify_ms(record.drafted + 1, record.context_len)
         steps.append(record)
+        ids += out[p : p + emitted]
         p += emitted
     return steps

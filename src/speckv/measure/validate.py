@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from speckv.measure.cost import CalibrationRun, CostModel
+from speckv.cost import CalibrationRun, CostModel
 from speckv.records import StepRecord
 
 _STEP_FIELDS = ("step", "context_len", "budget", "drafted", "accepted", "emitted", "draft_ms", "verify_ms", "control_ms")

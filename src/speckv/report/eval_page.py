@@ -10,7 +10,7 @@ import pandas as pd
 
 from speckv.errors import SpeckvError
 from speckv.files import ensure_dir, read_parquet
-from speckv.measure.cost import CostModel
+from speckv.cost import CostModel
 from speckv.measure.stats import comparison_table, headline
 from speckv.measure.validate import session_cost_table, validation_table
 from speckv.report.page import _per_compression, _save, _table, write_page  # sets matplotlib's Agg backend

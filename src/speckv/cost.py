@@ -1,5 +1,8 @@
 """The cost model: what drafting, verifying and the loop itself cost on this machine.
 
+At the bottom of the package (beside records.py): controllers price drafts with it at run time,
+measurement fits it; scikit-learn is imported only to fit.
+
 Fitted by least squares (non-negative) to live step records, so it knows what a draft token
 and a verification of n tokens cost at a given context length, and the per-step loop overhead
 outside the model forwards (which grows with the output: detokenization, bookkeeping) - the two
@@ -58,9 +61,18 @@ class CostModel:
     overhead: tuple[float, ...]  # ms per step outside forwards: o0 + o1 produced/1000
     prefill: tuple[float, ...]  # ms: p0 + p1 prompt_len/1000
     meta: dict = field(default_factory=dict)  # models, compression, device, threads
+    lookup: tuple[float, ...] = (0.0, 0.0)  # ms per prompt-lookup step: l0 [k>0] + l1 k
 
     def draft_ms(self, drafted: int, ctx: int) -> float:
+        """The draft model's chain of `drafted` tokens."""
         return _dot(_draft_x(drafted, ctx), self.draft)
+
+    def lookup_ms(self, drafted: int) -> float:
+        return self.lookup[0] * (drafted > 0) + self.lookup[1] * drafted
+
+    def drafter_ms(self, drafter: str, drafted: int, ctx: int) -> float:
+        """A step's drafting time by the proposer that drafted it (one cost line per proposer)."""
+        return self.lookup_ms(drafted) if drafter == "lookup" else self.draft_ms(drafted, ctx)
 
     def verify_ms(self, n: int, ctx: int) -> float:
         return _dot(_verify_x(n, ctx), self.verify)
@@ -76,7 +88,7 @@ class CostModel:
         ms = self.prefill_ms(prompt_len)
         produced = 0
         for s in steps:
-            ms += self.draft_ms(s.drafted, s.context_len) + self.verify_ms(s.drafted + 1, s.context_len)
+            ms += self.drafter_ms(s.drafter, s.drafted, s.context_len) + self.verify_ms(s.drafted + 1, s.context_len)
             ms += s.control_ms + self.overhead_ms(produced)
             produced += s.emitted
         return ms / 1000
@@ -86,8 +98,13 @@ class CostModel:
         steps = [s for r in runs for s in r.steps]
         if len(runs) < 2 or not any(s.drafted for s in steps):
             raise SpeckvError("calibration needs at least two runs with drafted tokens")
-        draft = _nonneg_fit(np.array([_draft_x(s.drafted, s.context_len) for s in steps]),
-                            np.array([s.draft_ms for s in steps]))
+        chain = [s for s in steps if s.drafter != "lookup"]  # the model's steps (and plain ones)
+        draft = _nonneg_fit(np.array([_draft_x(s.drafted, s.context_len) for s in chain]),
+                            np.array([s.draft_ms for s in chain]))
+        looked = [s for s in steps if s.drafter == "lookup"]
+        lookup = (0.0, 0.0)
+        if len(looked) >= 2:
+            lookup = tuple(_nonneg_fit(np.array([(1.0, s.drafted) for s in looked]), np.array([s.draft_ms for s in looked])))
         verify = _nonneg_fit(np.array([_verify_x(s.drafted + 1, s.context_len) for s in steps]),
                              np.array([s.verify_ms for s in steps]))
         # Per run: residual = wall - prefill - forwards - control = o0 * steps + o1 * sum(produced)/1000
@@ -99,7 +116,7 @@ class CostModel:
         overhead = _nonneg_fit(np.array(x), np.array(y))
         lens = np.array([r.prompt_len for r in runs], float) / 1000
         prefill = _nonneg_fit(np.stack([np.ones_like(lens), lens], -1), np.array([r.prefill_ms for r in runs]))
-        return cls(tuple(draft), tuple(verify), tuple(overhead), tuple(prefill), dict(meta or {}))
+        return cls(tuple(draft), tuple(verify), tuple(overhead), tuple(prefill), dict(meta or {}), lookup)
 
     def to_dict(self) -> dict:
         return {"version": COST_VERSION, **asdict(self)}
@@ -112,7 +129,8 @@ class CostModel:
         if data.get("version") != COST_VERSION:
             raise SpeckvError(f"{source}: cost model version {data.get('version')} (this speckv reads {COST_VERSION})")
         try:
-            return cls(*(tuple(data[k]) for k in ("draft", "verify", "overhead", "prefill")), data.get("meta", {}))
+            return cls(*(tuple(data[k]) for k in ("draft", "verify", "overhead", "prefill")), data.get("meta", {}),
+                       tuple(data.get("lookup", (0.0, 0.0))))
         except (KeyError, TypeError):
             raise SpeckvError(f"{source}: malformed cost model") from None
 

@@ -1,0 +1,151 @@
+"""Hybrid drafting: per step the controller picks prompt lookup, the draft model or nothing.
+
+Lossless (greedy in float32, speculative sampling in distribution, each with a variant that must
+fail), replayed step for step, and priced: a cost-aware controller's choice follows the costs.
+"""
+
+import pytest
+import torch
+
+from speckv.control import make_controller
+from speckv.control.base import Controller, RequestInfo
+from speckv.control.cost_aware import CostAware
+from speckv.drafting import parse_drafter
+from speckv.drafting.chain import ChainSource
+from speckv.engine import Engine, SamplingConfig
+from speckv.errors import SpeckvError
+from speckv.cost import CostModel
+from speckv.measure.replay import oracle, replay
+from speckv.measure.trace import collect_trace
+from speckv.records import TokenSignals
+
+from conftest import tiny_model
+from test_sampling import accept_always, chi2_p, pair_distribution, sample_pairs
+
+CONTROLLERS = ["fixed:3", "hf-heuristic:2", "p-min:8:0.5", "auto"]
+#: a machine where a draft token costs 40% of a target forward and a verified row 3%
+COST = CostModel((0.0, 40.0, 0.0), (100.0, 3.0, 0.0, 0.0), (0.0, 0.0), (0.0, 0.0), {}, (0.05, 0.01))
+
+
+def hybrid(pair):
+    return Engine(pair[0], parse_drafter("hybrid").source(ChainSource(pair[1])))
+
+
+def prompts(n=6, seed=1):
+    """Random prompts with a repeated stretch, so lookup has something to copy."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        head = torch.randint(0, 64, (int(torch.randint(3, 9, (1,), generator=gen)),), generator=gen).tolist()
+        out.append(head + head[:4] + head)
+    return out
+
+
+def shape(steps):
+    return [(s.context_len, s.budget, s.drafted, s.accepted, s.emitted, s.drafter) for s in steps]
+
+
+def greedy(engine, prompt, controller, limit=30, stop=frozenset()):
+    events = list(engine.run(prompt, controller, SamplingConfig(), limit, stop))
+    return [t for e in events for t in e.tokens], [e.record for e in events]
+
+
+@pytest.mark.parametrize("spec", CONTROLLERS)
+def test_greedy_hybrid_is_the_targets_greedy_output(tiny_pair, spec):
+    alone = Engine(tiny_pair[0])
+    used = set()
+    for prompt in prompts():
+        want, _ = greedy(alone, prompt, make_controller("autoregressive"))
+        got, records = greedy(hybrid(tiny_pair), prompt, make_controller(spec))
+        assert got == want
+        used |= {r.drafter for r in records}
+    assert {"lookup", "model"} <= used  # both proposers drafted somewhere
+
+
+def test_cost_aware_hybrid_replays_step_for_step(tiny_pair):
+    """The same CostAware object type, live and in replay, with a cost model that makes its choices
+    matter: replayed steps (including which proposer drafted) equal the live ones."""
+    target, draft = tiny_pair
+    engine = hybrid(tiny_pair)
+    chosen = set()
+    for i, prompt in enumerate(prompts(8, seed=2)):
+        stop = frozenset()
+        tr = collect_trace(target, draft, prompt, 30, stop, depth=16)
+        live = [e.record for e in engine.run(prompt, CostAware(cost=COST), SamplingConfig(), 30, stop)]
+        assert shape(replay(tr, CostAware(cost=COST), drafter="hybrid")) == shape(live), f"prompt {i}"
+        chosen |= {r.drafter for r in live}
+        for spec in CONTROLLERS:
+            again = [e.record for e in engine.run(prompt, make_controller(spec), SamplingConfig(), 30, stop)]
+            assert shape(replay(tr, make_controller(spec), drafter="hybrid")) == shape(again), f"{spec} prompt {i}"
+    assert {"lookup", "model"} <= chosen
+
+
+def test_hybrid_samples_the_target_distribution():
+    """Two-token draws where lookup offers the first token and the model drafts the second: exact;
+    a sampler that keeps every draft fails the same test."""
+    target = tiny_model(0, vocab=8, layers=1, hidden=16, temperature=4.0)
+    draft = tiny_model(1, vocab=8, layers=1, hidden=16, temperature=4.0)
+    config = SamplingConfig(True, temperature=0.9)
+    prompt = [1, 2, 3, 1, 2]
+    exact = pair_distribution(target, prompt, config)
+    engine = Engine(target, parse_drafter("hybrid").source(ChainSource(draft)))
+    assert chi2_p(sample_pairs(engine, prompt, config, 12_000), exact) > 0.01
+    broken = Engine(target, parse_drafter("hybrid").source(ChainSource(draft)), acceptance=accept_always)
+    assert chi2_p(sample_pairs(broken, prompt, config, 3_000), exact) < 0.01
+
+
+def test_choice_follows_the_costs():
+    sure = tuple(TokenSignals(0.0, 1.0, 1.0, 3) for _ in range(8))  # a long, unanimous 3-gram copy
+    for drafters, cost, offer, want in [
+        (("model", "lookup"), COST, sure, "lookup"),  # a sure copy costs rows only
+        (("model", "lookup"), COST, (), "model"),  # nothing to copy, drafts are cheap enough
+        # a target as fast as its draft (NF4 on CPU): the chain never pays, a sure copy still does
+        (("model", "lookup"), CostModel((0.0, 100.0, 0.0), (100.0, 3.0, 0.0, 0.0), (0, 0), (0, 0)), (), "none"),
+        (("model", "lookup"), CostModel((0.0, 100.0, 0.0), (100.0, 3.0, 0.0, 0.0), (0, 0), (0, 0)), sure, "lookup"),
+        # verifying a row costs as much as a forward: a weak one-token copy is not worth it
+        (("lookup",), CostModel((0, 0, 0), (100.0, 100.0, 0, 0), (0, 0), (0, 0)),
+         (TokenSignals(1.0, 0.5, 0.0, 1),), "none"),
+    ]:
+        c = CostAware(cost=cost)
+        c.start(RequestInfo(10, 100, drafters))
+        c.budget()
+        assert c.choose(offer) == want, (drafters, offer)
+
+
+def test_chain_only_cost_aware_still_drafts_nothing_when_the_chain_does_not_pay():
+    c = CostAware(cost=CostModel((0.0, 100.0, 0.0), (100.0, 3.0, 0.0, 0.0), (0, 0), (0, 0)))
+    c.start(RequestInfo(10, 100, ("model",)))
+    assert c.budget() == 0
+
+
+def test_a_bad_choice_is_an_error(tiny_pair):
+    class Confused(Controller):
+        def budget(self):
+            return 2
+
+        def choose(self, lookup):
+            return "both"
+
+    with pytest.raises(SpeckvError, match="chose 'both'"):
+        greedy(hybrid(tiny_pair), [1, 2, 3], Confused(), 5)
+
+
+def test_the_drafter_choosing_oracle_beats_each_drafter_alone(tiny_pair):
+    """Under one cost model the oracle over both proposers is at least as fast as the oracle over
+    either, and as every live policy replayed; it never drafts a rejected token."""
+    target, draft = tiny_pair
+    for prompt in prompts(6, seed=3):
+        tr = collect_trace(target, draft, prompt, 30, depth=16)
+
+        def wall(controller, drafter):
+            steps = replay(tr, controller, cost=COST, drafter=drafter)
+            for s in steps:
+                s.control_ms = 0.0
+            return steps, COST.wall_s(steps, len(tr.prompt_ids))
+
+        steps, best = wall(oracle(tr, COST, "hybrid"), "hybrid")
+        assert all(s.accepted == s.drafted for s in steps)
+        for drafter in ("model", "lookup"):
+            assert best <= wall(oracle(tr, COST, drafter), drafter)[1] + 1e-9
+        for spec in CONTROLLERS:
+            assert best <= wall(make_controller(spec), "hybrid")[1] + 1e-9
