@@ -47,6 +47,24 @@ def test_lookup_drafter_is_lossless(qwen_fp32):
     assert got.token_ids == want.token_ids and got.stats.mean_accepted > 0.5
 
 
+def test_every_drafter_is_lossless(qwen_fp32):
+    """float32 target: the hybrid (auto's drafter) with the bf16 draft, and the NF4 draft with a
+    32k-token head (FR-Spec), each give the target's own greedy tokens."""
+    from speckv.data.token_freq import token_ranking
+    from speckv.models.reduced_head import reduce_head
+
+    nf4 = load_model(DEFAULT_DRAFT, "nf4")
+    small = reduce_head(nf4, 32768, token_ranking(nf4.tokenizer))
+    code = "def area(w, h):\n    return w * h\n\ndef perimeter(w, h):\n    return 2 * (w + h)\n"
+    ids = qwen_fp32.encode(f"Rename w to width and h to height in this code:\n```python\n{code}```")
+    want = qwen_fp32.generate(ids, controller="autoregressive", max_new_tokens=32).token_ids
+    for draft, drafter in ((qwen_fp32.draft, "hybrid"), (nf4, "model"), (small, "hybrid")):
+        dec = speckv.Decoder(qwen_fp32.target, draft, "auto", drafter=drafter)
+        got = dec.generate(ids, max_new_tokens=32)
+        assert got.token_ids == want, (draft.compression, drafter)
+        assert got.stats.mean_accepted > 0.5
+
+
 def test_stream_matches_generate_text(qwen_fp32):
     pieces = list(qwen_fp32.stream("Write a Python function that reverses a string.", max_new_tokens=20))
     result = qwen_fp32.generate("Write a Python function that reverses a string.", max_new_tokens=20)
@@ -65,7 +83,8 @@ def test_different_tokenizers_are_refused():
 
 def test_replay_equals_live_in_float32():
     """Both models in float32: the trace's batched draft pass equals live drafting exactly, so
-    replayed steps equal live steps for fixed gamma and for a signal-driven controller."""
+    replayed steps equal live steps for fixed gamma and for signal-driven controllers, with the
+    default drafter (the hybrid: each step lookup, the model or nothing)."""
     from speckv.control import make_controller
     from speckv.measure.replay import replay
     from speckv.measure.trace import collect_trace
@@ -73,11 +92,12 @@ def test_replay_equals_live_in_float32():
     dec = speckv.Decoder(load_model(DEFAULT_TARGET, "float32"), load_model(DEFAULT_DRAFT, "float32"))
     for p in spec_bench(["coding", "writing"], 1):
         ids = dec.encode(p.text)
-        trace = collect_trace(dec.target.model, dec.draft.model, ids, 32, dec.stop_ids, depth=7)
+        trace = collect_trace(dec.target.model, dec.draft.model, ids, 32, dec.stop_ids, depth=15)
         assert trace.branches  # the draft really disagrees somewhere
-        for spec in ("fixed:4", "p-min:8:0.6"):
+        assert str(dec.drafter) == "hybrid:3:1"
+        for spec in ("fixed:4", "p-min:8:0.6", "auto"):
             live = dec.generate(ids, controller=spec, max_new_tokens=32)
             assert live.token_ids == trace.output_ids
-            replayed = replay(trace, make_controller(spec))
-            assert [(s.budget, s.drafted, s.accepted) for s in replayed] == \
-                [(s.budget, s.drafted, s.accepted) for s in live.steps], (p.id, spec)
+            replayed = replay(trace, make_controller(spec, dec.setup), drafter=str(dec.drafter))
+            assert [(s.budget, s.drafted, s.accepted, s.drafter) for s in replayed] == \
+                [(s.budget, s.drafted, s.accepted, s.drafter) for s in live.steps], (p.id, spec)

@@ -12,12 +12,12 @@ import copy
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from speckv.control import Controller, ControllerSpec, Setup, make_controller
+from speckv.control import Controller, ControllerSpec, Setup, cost_path, make_controller
 from speckv.data.prompts import check_unicode
 from speckv.detok import Detokenizer
-from speckv.drafting import drafter_name, parse_drafter
+from speckv.drafting import DrafterSpec, parse_drafter
 from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
@@ -98,23 +98,31 @@ class Decoder:
     take turns step by step)."""
 
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, controller: str | Controller | None = None,
-                 drafter: str = "model"):
-        """drafter: `model` (the draft model's chain) or `lookup[:N_MAX[:N_MIN]]` (prompt lookup:
-        no draft model needed)."""
-        lookup = parse_drafter(drafter)
-        if draft is not None and lookup is None:
+                 drafter: str | DrafterSpec = "auto", probe: bool = False):
+        """drafter: `auto` (hybrid with a draft model, else the target alone), `model` (the draft
+        model's chain), `lookup[:N_MAX[:N_MIN]]` (prompt lookup: no draft model needed) or
+        `hybrid[:N_MAX[:N_MIN]]` (the controller picks lookup or the model per step).
+        probe: with no cost model for this setup yet, time a few forwards first (measure/probe.py)
+        so that `auto` prices drafts at this machine's costs (speckv.load does this)."""
+        spec = parse_drafter(drafter).resolve(draft is not None)
+        uses_model = spec.needs_model and draft is not None
+        if uses_model:
             _check_tokenizers(target, draft)
         self.target = target
         self.draft = draft
         self.tokenizer = target.tokenizer
-        source = lookup or (ChainSource(draft.model) if draft else None)
+        #: the drafter this Decoder drafts with (auto resolved)
+        self.drafter = spec
+        source = spec.source(ChainSource(draft.model) if uses_model else None)
         self.engine = Engine(target.model, source)
-        #: selects trained controller artifacts and calibrated costs for this pair (drafter included)
-        chain = lookup is None and draft is not None
-        self.setup = Setup(target.name, draft.name if chain else drafter_name(lookup) if lookup else "-",
-                           target.compression, draft.compression if chain else "-", target.model.device.type)
+        #: selects trained controller artifacts and calibrated costs for this pair
+        self.setup = Setup(target.name, draft.name if uses_model else "-", target.compression,
+                           draft.compression if uses_model else "-", target.model.device.type,
+                           getattr(draft.model, "requested", None) if uses_model else None)
         if controller is None:
             controller = "auto" if source else "autoregressive"
+        if probe and source is not None and not cost_path(self.setup).is_file():
+            self._probe_costs()
         #: the default policy: a template, each run gets a deep copy (runs never share its state)
         self.controller = self._controller(controller)
         self._lock = threading.Lock()  # held for one engine step (or one tokenizer call) at a time
@@ -123,6 +131,16 @@ class Decoder:
         if self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
         self.stop_ids = frozenset(eos)
+
+    def _probe_costs(self) -> None:
+        """Measure this machine's cost lines for the setup once (seconds) and cache them."""
+        import sys
+
+        from speckv.measure.probe import probe
+
+        print(f"speckv: timing this machine's forwards for {self.setup.slug()} (once; cached)", file=sys.stderr)
+        draft = self.draft.model if self.setup.draft != "-" else None
+        probe(self.target.model, draft, asdict(self.setup)).save(cost_path(self.setup))
 
     def make_controller(self, spec: str | ControllerSpec) -> Controller:
         return self._controller(spec)
@@ -298,21 +316,49 @@ def load(
     device: str = "auto",
     compression: str | None = None,
     draft_compression: str | None = None,
-    drafter: str = "model",
+    drafter: str = "auto",
+    draft_vocab: int | None = None,
 ) -> Decoder:
-    """Load (provisioning if needed) a target and draft; draft=None gives the target alone.
-    drafter `lookup[:N_MAX[:N_MIN]]` drafts by prompt lookup and loads no draft model.
+    """Load (provisioning if needed) a target and draft; draft=None gives the target alone (or
+    prompt lookup). drafter: `auto` (hybrid: prompt lookup or the draft model, chosen per step),
+    `model`, `hybrid[:N_MAX[:N_MIN]]`, or `lookup[:N_MAX[:N_MIN]]` (loads no draft model).
+    draft_vocab: draft over the N most frequent tokens only (a reduced LM head, FR-Spec).
 
     controller None: `auto` with a draft, `autoregressive` without. dtype sets both models;
     compression (fp32|bf16|fp16|int8|nf4) overrides it for the target and draft_compression for
-    the draft. Losslessness is relative to the compressed target."""
+    the draft (default: default_draft_level, NF4 on CPU at bf16). Losslessness is relative to the compressed target."""
     if controller is not None:
         _checked_controller(controller)  # fail on a bad controller before loading gigabytes
     pick_device(device)  # an unknown device fails before loading too
-    if parse_drafter(drafter) is not None:
+    if not parse_drafter(drafter).resolve(draft is not None).needs_model:
         draft = None  # prompt lookup needs no draft model
-    target_level = Compression.parse(compression or dtype).level
-    draft_level = Compression.parse(draft_compression or dtype).level
+    target_level = Compression.parse(compression or dtype).require().level
+    draft_level = Compression.parse(draft_compression or default_draft_level(dtype, device)).require().level
+    if draft_vocab is not None and not draft:
+        raise SpeckvError("draft_vocab reduces a draft model's head; this run loads no draft model")
+    if draft and draft_vocab is not None:
+        from speckv.models.provision import model_path
+        from speckv.models.reduced_head import check_draft_vocab
+
+        check_draft_vocab(draft_vocab, model_path(draft))  # provisions the draft if needed, loads nothing
     target_model = load_model(target, target_level, device)
     draft_model = load_model(draft, draft_level, device) if draft else None
-    return Decoder(target_model, draft_model, controller, drafter)
+    if draft_model is not None and draft_vocab is not None:
+        from speckv.data.token_freq import token_ranking
+        from speckv.models.reduced_head import reduce_head
+
+        draft_model = reduce_head(draft_model, draft_vocab, token_ranking(draft_model.tokenizer))
+    return Decoder(target_model, draft_model, controller, drafter, probe=True)
+
+
+def default_draft_level(dtype: str, device: str) -> str:
+    """The draft's compression when none is given: NF4 on CPU at the default bf16 (a draft token
+    costs about half as much as in bf16 and the draft ranks tokens nearly as well: the cheaper
+    draft is worth more than any stop rule, benchmarks/results/drafters.json); else `dtype`."""
+    if Compression.parse(dtype).level != "bf16" or pick_device(device).type != "cpu":
+        return dtype
+    try:
+        Compression("nf4").require()
+    except SpeckvError:
+        return dtype
+    return "nf4"

@@ -24,9 +24,10 @@ Draft = Annotated[str, typer.Option(help="draft model: built-in name, HF directo
 Target = Annotated[str, typer.Option(help="target model: built-in name, HF directory or .gguf file")]
 Dtype = Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (fast), for both models")]
 Comp = Annotated[Optional[str], typer.Option(help="target compression: fp32|bf16|fp16|int8|nf4 (overrides --dtype)")]
-DraftComp = Annotated[Optional[str], typer.Option(help="draft compression: fp32|bf16|fp16|int8|nf4 (overrides --dtype)")]
+DraftComp = Annotated[Optional[str], typer.Option(help="draft compression: fp32|bf16|fp16|int8|nf4 (default: nf4 on CPU at bfloat16, else --dtype)")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
-Drafter = Annotated[str, typer.Option(help="model (the draft model proposes) or lookup[:N_MAX[:N_MIN]] (prompt lookup: n-grams of the text, no draft model)")]
+DraftVocab = Annotated[Optional[int], typer.Option(help="draft over the N most frequent tokens only (a reduced LM head, FR-Spec)")]
+Drafter = Annotated[str, typer.Option(help="auto (hybrid with a draft model), model (the draft model proposes), lookup[:N_MAX[:N_MIN]] (prompt lookup: n-grams of the text, no draft model) or hybrid[:N_MAX[:N_MIN]] (the controller picks lookup or the model per step)")]
 
 
 def _err(message: str) -> None:
@@ -118,7 +119,8 @@ def generate(
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
-    drafter: Drafter = "model",
+    drafter: Drafter = "auto",
+    draft_vocab: DraftVocab = None,
     controller: Annotated[str, typer.Option(help="auto (trained cost-aware if present), fixed:N, autoregressive, hf-heuristic, hf-confidence, p-min, cost-aware, speckv")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples")] = 0.0,
@@ -150,7 +152,7 @@ def generate(
 
     uses_draft = ControllerSpec.parse(controller).uses_draft  # the target alone needs no draft loaded
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller, drafter=drafter,
-                      device=device, compression=compression, draft_compression=draft_compression)
+                      device=device, compression=compression, draft_compression=draft_compression, draft_vocab=draft_vocab)
     encoded = []
     for p in prompts:  # every prompt must fit before any is generated
         try:
@@ -177,7 +179,8 @@ def serve(
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
-    drafter: Drafter = "model",
+    drafter: Drafter = "auto",
+    draft_vocab: DraftVocab = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8000,
     queue_size: Annotated[int, typer.Option(help="requests that may wait for the single generation worker (more: 429)")] = 16,
@@ -196,7 +199,8 @@ def serve(
     uses_draft = ControllerSpec.parse(controller).uses_draft  # before loading gigabytes
     sock = bind(host, port)  # a busy port or bad host fails now, not after the load
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
-                      device=device, compression=compression, draft_compression=draft_compression, drafter=drafter)
+                      device=device, compression=compression, draft_compression=draft_compression, drafter=drafter,
+                      draft_vocab=draft_vocab)
     run_server(dec, host, port, queue_size=queue_size, timeout=timeout, model_name=target, sock=sock,
                ready=lambda url: typer.echo(f"speckv: serving {target} at {url}"))
 
@@ -205,7 +209,7 @@ def serve(
 def bench(
     methods: Annotated[str, typer.Option(help="comma list: controllers, hf-assisted[:N] (transformers' assisted generation), hf-lookup[:N] (transformers' prompt lookup)")] = "autoregressive,fixed:4,hf-assisted,hf-assisted:4",
     category: Annotated[Optional[str], typer.Option(help="Spec-Bench categories, comma list (default coding unless --tasks)")] = None,
-    tasks: Annotated[Optional[str], typer.Option(help="instead of --category: code,math,chat,summarization, or edit (code editing, by name only)")] = None,
+    tasks: Annotated[Optional[str], typer.Option(help="instead of --category: code,math,chat,summarization; by name only: edit (code editing), rag, translation")] = None,
     prompts: Annotated[int, typer.Option(help="prompts per category or task")] = 10,
     max_new_tokens: int = 128,
     seed: Annotated[int, typer.Option(help="which task prompts (with --tasks)")] = 0,
@@ -215,7 +219,8 @@ def bench(
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
-    drafter: Drafter = "model",
+    drafter: Drafter = "auto",
+    draft_vocab: DraftVocab = None,
     out: Annotated[Optional[Path], typer.Option(help="write per-prompt rows and the summary as JSON")] = None,
 ) -> None:
     """Tokens/s of several methods on the same prompts, interleaved per prompt."""
@@ -229,12 +234,13 @@ def bench(
     chosen = _bench_prompts(category, tasks, prompts, seed)
     from speckv.drafting import parse_drafter
 
-    lookup = parse_drafter(drafter)
-    need_draft = lookup is None or any(spec.name == "hf-assisted" for spec in specs)
+    ours = parse_drafter(drafter).resolve(have_model=True)
+    need_draft = ours.needs_model or any(spec.name == "hf-assisted" for spec in specs)
     dec = speckv.load(target=target, draft=draft if need_draft else None, dtype=dtype, device=device,
-                      compression=compression, draft_compression=draft_compression)
-    if lookup is not None:  # our methods draft by lookup; hf-assisted keeps the draft model
-        dec = speckv.Decoder(dec.target, dec.draft, None, drafter)
+                      compression=compression, draft_compression=draft_compression,
+                      drafter=ours if ours.needs_model or not need_draft else "model", draft_vocab=draft_vocab)
+    if dec.draft is not None and not ours.needs_model:  # our methods draft by lookup; hf-assisted keeps the draft model
+        dec = speckv.Decoder(dec.target, dec.draft, None, ours)
     rows = _side_by_side(dec, names, chosen, max_new_tokens)
     _print_bench(dec, rows, names, f"{len(chosen)} prompts x {max_new_tokens} tokens")
     if out:
@@ -314,7 +320,7 @@ def _print_bench(dec, rows, names, what: str) -> None:
     summary = summarize(rows, names, names[0])
     tasks = per_task(rows, names)
     levels = f"target {dec.target.compression}, draft {dec.setup.draft_compression}"
-    table = Table(title=f"{dec.target.name} <- {dec.setup.draft}, {levels}\n{what}, torch threads {torch.get_num_threads()}",
+    table = Table(title=f"{dec.target.name} <- {dec.setup.draft} (drafter {dec.drafter}), {levels}\n{what}, torch threads {torch.get_num_threads()}",
                   caption=f"speedup and same (share of prompts with the same tokens): against {names[0]}; "
                           "task columns: tokens/s; acc: draft tokens accepted per step",
                   box=box.SIMPLE_HEAD, pad_edge=False)
@@ -441,7 +447,7 @@ def profile(
 
 
 EVAL_KEYS = ("tasks", "train_per_task", "test_per_task", "max_new_tokens", "seed", "depth", "target", "draft",
-             "draft_compression")
+             "draft_compression", "drafter")
 
 
 def _eval_config(out: Path, compression: Optional[str] = None, **changes):
@@ -472,6 +478,7 @@ def trace(
     tasks: Annotated[str, typer.Option(help="code,math,chat,summarization (default); edit (code editing) by name only")] = "code,math,chat,summarization",
     compression: Annotated[str, typer.Option(help="target compression levels")] = "bf16,int8,nf4",
     draft_compression: Annotated[str, typer.Option(help="draft compression level")] = "bf16",
+    drafter: Annotated[str, typer.Option(help="what eval replays and runs: model, lookup[:N_MAX[:N_MIN]] or hybrid[:N_MAX[:N_MIN]] (traces hold the draft model's proposals; lookup's are recomputed from the text)")] = "model",
     train_per_task: int = 6,
     test_per_task: int = 4,
     max_new_tokens: int = 128,
@@ -486,6 +493,7 @@ def trace(
     from dataclasses import asdict
 
     from speckv.bench.evaluate import EvalConfig, Session, collect, load_eval_config, trace_path
+    from speckv.drafting import parse_drafter
     from speckv.measure.profile import claim_dir
     from speckv.models.compress import Compression
 
@@ -499,10 +507,11 @@ def trace(
     stored = load_eval_config(known).compressions if known.is_file() and not force else ()
     config = EvalConfig(task_list, tuple(dict.fromkeys([*stored, *levels])), train_per_task=train_per_task, test_per_task=test_per_task,
                         max_new_tokens=max_new_tokens, seed=seed, depth=depth, target=target, draft=draft,
-                        draft_compression=Compression.parse(draft_compression).level, device=device)
+                        draft_compression=Compression.parse(draft_compression).level, device=device,
+                        drafter=str(parse_drafter(drafter)))
     parts = ("train", "test") if split == "both" else (split,)
     todo = [(lvl, part, p) for lvl in levels for part in parts for _, p in config.prompts(part)]
-    claim_dir(out, "eval.json", asdict(config), EVAL_KEYS, force)
+    claim_dir(out, "eval.json", asdict(config), EVAL_KEYS, force, defaults={"drafter": "model"})
     done = sum(trace_path(out, part, lvl, p.id).is_file() for lvl, part, p in todo)
     bar = _Bar("tracing")
     bar.start(len(todo), done)
@@ -570,7 +579,7 @@ def eval_(
     out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace, calibrate, train)")],
     controllers: Annotated[str, typer.Option(help="controllers to compare (oracle: replay only)")] =
         "fixed:4,hf-heuristic,hf-confidence:16,p-min,speckv,cost-aware,oracle",
-    baselines: Annotated[str, typer.Option(help="also run: autoregressive, hf-assisted[:N]")] = "autoregressive,hf-assisted",
+    baselines: Annotated[str, typer.Option(help="also run: autoregressive, hf-assisted[:N], hf-lookup[:N]")] = "autoregressive,hf-assisted",
     compression: Annotated[Optional[str], typer.Option(help="subset of the directory's levels")] = None,
     live: Annotated[bool, typer.Option(help="also run live (wall clock); --no-live replays only")] = True,
 ) -> None:

@@ -1,24 +1,25 @@
 """Controllers (speculation policies) and make_controller, which builds one from a ControllerSpec
 (control/spec.py: the one `NAME[:ARGS]` parser the CLI, API, server, bench and eval use).
 
-Nothing imported here needs scikit-learn: fitting lives in `train` (and `measure.cost`), imported
+Nothing imported here needs scikit-learn: fitting lives in `train` (and `speckv.cost`), imported
 only by the commands that train or calibrate."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from speckv.control import cost_aware, speckv_mlp
-from speckv.control.artifact import Artifact, Setup, default_path, load_artifact
+from speckv.control.artifact import Artifact, Setup, default_path, load_artifact, shipped_path
 from speckv.control.base import Controller, RequestInfo, StepOutcome
-from speckv.control.cost_aware import AcceptanceModel, CostAware
+from speckv.control.cost_aware import AcceptanceModel, CostAware, LookupAcceptance
 from speckv.control.fixed import Autoregressive, Fixed
 from speckv.control.hf import HfConfidence, HfHeuristic
 from speckv.control.pmin import PMin
 from speckv.control.speckv_mlp import SpeckvMLP
 from speckv.control.spec import MAX_GAMMA, NAMES, ControllerSpec
 from speckv.errors import SpeckvError
-from speckv.measure.cost import CostModel  # imports scikit-learn only to fit one (speckv calibrate)
+from speckv.cost import CostModel  # imports scikit-learn only to fit one (speckv calibrate)
 
 
 def cost_path(setup: Setup) -> Path:
@@ -43,10 +44,13 @@ def _artifact(kind: str, features: list[str], path: Path | None, setup: Setup | 
     return load_artifact(path, kind, features, setup)
 
 
-def cost_aware_from(art: Artifact, name: str = "cost-aware") -> CostAware:
+def cost_aware_from(art: Artifact, name: str = "cost-aware", cost: CostModel | None = None) -> CostAware:
+    """A CostAware from an artifact; `cost` (this machine's, when measured) replaces the one it was
+    trained with."""
     p = art.params
-    return CostAware(AcceptanceModel(tuple(p["weights"]), p["prior"]), CostModel.from_dict(p["cost"]),
-                     p["max_gamma"], name=name)
+    lookup = LookupAcceptance(tuple(p["lookup_weights"])) if "lookup_weights" in p else LookupAcceptance()
+    return CostAware(AcceptanceModel(tuple(p["weights"]), p["prior"]), cost or CostModel.from_dict(p["cost"]),
+                     p["max_gamma"], name=name, lookup=lookup)
 
 
 def speckv_from(art: Artifact) -> SpeckvMLP:
@@ -75,9 +79,12 @@ def make_controller(spec: str | ControllerSpec, setup: Setup | None = None) -> C
         return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, spec.artifact, setup))
     if name == "speckv":
         return speckv_from(_artifact("speckv", speckv_mlp.FEATURES, spec.artifact, setup))
-    if name == "auto":
+    if name == "auto":  # trained here (speckv train) > shipped for the built-in pair > untrained
         if setup is not None and default_path("cost-aware", setup).is_file():
             return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, None, setup), name="auto")
+        full = replace(setup, draft_vocab=None) if setup is not None else None  # a reduced head ranks tokens as the full one
+        if full is not None and (path := shipped_path("cost-aware", full)).is_file():
+            return cost_aware_from(load_artifact(path, "cost-aware", cost_aware.FEATURES, full), "auto", _cost_for(setup))
         return CostAware(cost=_cost_for(setup), name="auto")
     raise AssertionError(f"ControllerSpec.parse admitted {spec!r}, which make_controller cannot build")
 

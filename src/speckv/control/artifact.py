@@ -27,9 +27,12 @@ class Setup:
     compression: str
     draft_compression: str = "bf16"
     device: str = "cpu"
+    draft_vocab: int | None = None  # a reduced draft head's N most frequent tokens (None: the full head)
 
     def slug(self) -> str:
-        return f"{self.target}-{self.compression}--{self.draft}-{self.draft_compression}--{self.device}"
+        head = f"-v{self.draft_vocab}" if self.draft_vocab else ""
+        draft = f"{self.draft}-{self.draft_compression}{head}" if self.draft != "-" else "no-draft"
+        return f"{self.target}-{self.compression}--{draft}--{self.device}"
 
 
 @dataclass
@@ -46,7 +49,14 @@ class Artifact:
 
 
 def default_path(kind: str, setup: Setup) -> Path:
+    """Where `speckv train` puts an artifact for this setup."""
     return cache_home() / "controllers" / f"{kind}--{setup.slug()}.json"
+
+
+def shipped_path(kind: str, setup: Setup) -> Path:
+    """Where the package ships an artifact for this setup (the built-in pair on CPU): what `auto`
+    uses before any `speckv train` on the user's machine. Made by scripts/ship_artifacts.py."""
+    return Path(__file__).parent / "shipped" / f"{kind}--{setup.slug()}.json"
 
 
 def load_artifact(path: Path, kind: str, features: list[str], setup: Setup | None = None) -> Artifact:

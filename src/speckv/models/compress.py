@@ -35,16 +35,22 @@ class Compression:
     def quantized(self) -> bool:
         return self.level in ("int8", "nf4")
 
+    def require(self) -> Compression:
+        """Refuse, before any model loads, a level the installed libraries cannot run."""
+        if self.quantized:
+            try:
+                import bitsandbytes  # noqa: F401
+            except ImportError:
+                raise SpeckvError(f"compression {self.level} needs the bitsandbytes package (pip install bitsandbytes)") from None
+        return self
+
     def load_kwargs(self, device: torch.device) -> dict:
         """Keyword arguments for from_pretrained that give this level on this device."""
         if self.level == "fp16" and device.type == "cpu":
             print("note: fp16 on CPU has no fast kernels here; it runs, slowly. Use bf16 on CPU.", file=sys.stderr)
         if not self.quantized:
             return {"dtype": FLOAT[self.level]}
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise SpeckvError(f"compression {self.level} needs the bitsandbytes package (pip install bitsandbytes)") from None
+        self.require()
         from transformers import BitsAndBytesConfig
 
         # bitsandbytes logs a warning on every 8-bit matmul that bf16 inputs are cast to fp16: tens of

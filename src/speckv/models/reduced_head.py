@@ -65,6 +65,9 @@ class ReducedHead(torch.nn.Module):
         self.register_buffer("kept_bias", None if bias is None else bias.detach().index_select(0, kept).contiguous(),
                              persistent=False)
 
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.base.get_input_embeddings()
+
     @property
     def device(self) -> torch.device:
         return self.base.device
@@ -161,4 +164,6 @@ def reduce_head(loaded: LoadedModel, n: int, ranking: Iterable[int]) -> LoadedMo
     kept = kept_ids(ranking, n, vocab, special_ids(loaded.tokenizer, model))
     if kept.numel() == 0:
         raise SpeckvError("the token ranking holds no id of the draft model's vocabulary")
-    return dataclasses.replace(loaded, model=ReducedHead(model, kept))
+    head = ReducedHead(model, kept)
+    head.requested = n  # what the user asked for (kept holds the special tokens too): names the setup
+    return dataclasses.replace(loaded, model=head)

@@ -1,0 +1,59 @@
+"""The quick cost probe: this machine's cost lines for a loaded pair in seconds, not a calibration run.
+
+`auto` prices every draft against a target forward, and those prices differ by machine (up to 2x
+here between runs of one model) and by compression (an NF4 target costs about what its draft does
+on CPU). With no `speckv calibrate` for the setup, `speckv.load` times a few forwards once -- the
+target at 1 and 9 new tokens after a short and a long context, the draft model at one token, prompt
+lookup on a long text -- fits the same cost lines the full calibration fits, and caches them for
+the setup. Loop overhead is not probed (it needs whole runs); the probe uses a small constant.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from speckv.cost import CostModel
+from speckv.drafting.lookup import LookupSource
+from speckv.measure.latency import forward_ms
+
+CONTEXTS = (64, 512)
+OVERHEAD_MS = (1.0, 0.0)  # per step outside forwards: what full calibrations here measured (0.6-1.4 ms)
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> list[float]:
+    """Non-negative least squares by clipping: the probe's designs are well conditioned."""
+    return np.clip(np.linalg.lstsq(x, y, rcond=None)[0], 0, None).tolist()
+
+
+def lookup_ms(tokens: int = 2000, budget: int = 16, repeats: int = 20) -> tuple[float, float]:
+    """(ms per lookup step, ms per copied token) of prompt lookup on a text of `tokens` ids."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 500, tokens).tolist()
+    ids += ids[-200:-180]  # a recurring tail: lookup copies
+    drafter = LookupSource().new(0, None)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        offer = drafter.offer(ids, budget)
+    per_step = (time.perf_counter() - t0) * 1000 / repeats
+    return (per_step / 2, per_step / 2 / max(len(offer), 1))
+
+
+def probe(target: torch.nn.Module, draft: torch.nn.Module | None, meta: dict | None = None) -> CostModel:
+    """Cost lines for this target (and draft) on this machine, from about twenty timed forwards."""
+    x, y = [], []
+    for ctx in CONTEXTS:
+        for n, ms in forward_ms(target, context=ctx, new_tokens=(1, 9), repeats=3).items():
+            x.append((1.0, n, ctx / 1000, n * ctx / 1000))
+            y.append(ms)
+    verify = _line(np.array(x), np.array(y))
+    draft_line = (0.0, 0.0, 0.0)
+    if draft is not None:
+        per_token = {ctx: forward_ms(draft, context=ctx, new_tokens=(1,), repeats=4)[1] for ctx in CONTEXTS}
+        slope = max(0.0, (per_token[CONTEXTS[1]] - per_token[CONTEXTS[0]]) / (CONTEXTS[1] - CONTEXTS[0]) * 1000)
+        draft_line = (0.0, max(0.0, per_token[CONTEXTS[0]] - slope * CONTEXTS[0] / 1000), slope)
+    prefill = (verify[0], verify[1] * 1000)  # the line at n = prompt length: pessimistic (prefill batches better)
+    return CostModel(draft_line, tuple(verify), OVERHEAD_MS, prefill,
+                     {"calibrated": "probe", "threads": torch.get_num_threads(), **(meta or {})}, lookup_ms())
