@@ -56,5 +56,13 @@ def test_missing_module_is_skipped(monkeypatch):
 
 
 def test_edit_is_a_task_by_name_not_a_default():
-    assert TASKS == ("code", "math", "chat", "summarization", "edit")
+    assert TASKS == ("code", "math", "chat", "summarization", "edit", "rag", "translation")
     assert DEFAULT_TASKS == ("code", "math", "chat", "summarization")
+
+
+def test_rag_and_translation_are_spec_bench_categories_by_name():
+    from speckv.data.tasks import select
+
+    for task in ("rag", "translation"):
+        chosen = select(task, 4, seed=1)
+        assert len({p.id for p in chosen}) == 4 and all(p.category == task and p.id.startswith(f"{task}/") for p in chosen)

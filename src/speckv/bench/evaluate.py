@@ -25,16 +25,15 @@ from speckv.api import Decoder
 from speckv.bench.side_by_side import hf_settings, run_method
 from speckv.control import cost_path
 from speckv.control.artifact import Setup, default_path
-from speckv.control.oracle import Oracle
 from speckv.control.spec import ControllerSpec
 from speckv.control.train import train_cost_aware, train_speckv
 from speckv.data.prompts import Prompt
 from speckv.data.tasks import DEFAULT_TASKS, TASKS, split
 from speckv.errors import SpeckvError
 from speckv.files import read_parquet, write_parquet
-from speckv.measure.cost import CalibrationRun, CostModel
+from speckv.cost import CalibrationRun, CostModel
 from speckv.measure.profile import read_claim
-from speckv.measure.replay import replay
+from speckv.measure.replay import oracle, replay
 from speckv.measure.trace import collect_trace, load_trace, load_traces, save_trace
 
 # hf-confidence at 16 tokens, not transformers' 20: traces hold 15 draft tokens after a mismatch.
@@ -63,6 +62,7 @@ class EvalConfig:
     draft: str = "qwen2.5-coder-0.5b-instruct"
     draft_compression: str = "bf16"
     device: str = "auto"
+    drafter: str = "model"  # model, lookup[:..] or hybrid[:..]: what replay and the live runs draft with
 
     def setup(self, level: str) -> Setup:
         from speckv.models.load import pick_device
@@ -77,6 +77,7 @@ class EvalConfig:
 def load_eval_config(path: Path) -> EvalConfig:
     """An evaluation directory's eval.json; damage (bad JSON, unknown keys, wrong types) is a
     SpeckvError naming the file."""
+    from speckv.drafting import parse_drafter
     from speckv.models.compress import Compression
 
     data = read_claim(path, "`speckv trace --force` rewrites it")
@@ -104,6 +105,7 @@ def load_eval_config(path: Path) -> EvalConfig:
     try:
         for level in (*values.get("compressions", ()), values.get("draft_compression", "bf16")):
             Compression.parse(level)
+        values["drafter"] = str(parse_drafter(values.get("drafter", "model")))
     except SpeckvError as exc:
         raise SpeckvError(f"{path}: {exc}") from None
     return EvalConfig(**values)
@@ -130,7 +132,8 @@ class Session:
     def decoder(self, level: str) -> Decoder:
         from speckv.models.load import load_model
 
-        return Decoder(load_model(self.config.target, level, self.config.device), self.draft, "fixed:4")
+        return Decoder(load_model(self.config.target, level, self.config.device), self.draft, "fixed:4",
+                       drafter=self.config.drafter)
 
 
 def collect(dec: Decoder, config: EvalConfig, out: Path, part: str, progress=None) -> list[Path]:
@@ -225,9 +228,10 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
         parsed = _spec(spec)
         if parsed.external:
             continue  # transformers' loop cannot be replayed
-        controller = Oracle(trace, cost) if parsed.replay_only else dec.make_controller(parsed)
+        drafter = config.drafter
+        controller = oracle(trace, cost, drafter) if parsed.replay_only else dec.make_controller(parsed)
         t0 = time.perf_counter()
-        replayed = replay(trace, controller, cost)
+        replayed = replay(trace, controller, cost, drafter)
         row = _run_row({**base, "mode": "replay"}, spec, len(trace.output_ids),
                        cost.wall_s(replayed, len(trace.prompt_ids)), replayed)
         row["replay_s"] = time.perf_counter() - t0

@@ -139,7 +139,7 @@ def bench_payload(decoder: Decoder, rows: list[Row], methods: list[str], config:
 
     return {"summary": summarize(rows, methods, methods[0]), "per_task": per_task(rows, methods),
             "rows": [r.__dict__ for r in rows],
-            "config": {**config, "draft": decoder.setup.draft, "target": decoder.target.name,
+            "config": {**config, "draft": decoder.setup.draft, "drafter": str(decoder.drafter), "target": decoder.target.name,
                        "target_compression": decoder.target.compression, "draft_compression": decoder.setup.draft_compression,
                        "methods": methods, "threads": torch.get_num_threads(), "torch": torch.__version__,
                        # with scikit-learn present, assisted generation adapts its confidence threshold

@@ -15,8 +15,11 @@ SPEC_BENCH_CATEGORIES = {
 }
 #: SpecKV's four task types: the default of profile, trace and eval (their result directories record it).
 DEFAULT_TASKS = tuple(SPEC_BENCH_CATEGORIES)
-#: Every task, by name: the four plus "edit" (a real function from a dependency, pasted whole, and an edit).
-TASKS = (*DEFAULT_TASKS, "edit")
+#: Spec-Bench's retrieval-augmented answering and translation: by name only (like edit), where the
+#: output copies (rag) or mirrors (translation) its input.
+NAMED_CATEGORIES = {"rag": ["rag"], "translation": ["translation"]}
+#: Every task, by name: the four, "edit" (a real function from a dependency, pasted whole, and an edit), rag, translation.
+TASKS = (*DEFAULT_TASKS, "edit", *NAMED_CATEGORIES)
 
 
 def human_eval() -> list[Prompt]:
@@ -36,7 +39,7 @@ def task_pool(task: str) -> list[Prompt]:
         from speckv.data.editing import edit_prompts  # imports numpy, pandas, torch... only when asked
 
         return edit_prompts()
-    pool = spec_bench(SPEC_BENCH_CATEGORIES[task])
+    pool = spec_bench({**SPEC_BENCH_CATEGORIES, **NAMED_CATEGORIES}[task])
     if task == "code":
         pool = human_eval() + pool
     return [Prompt(f"{task}/{p.id}" if not p.id.startswith("humaneval") else p.id, p.text, p.category) for p in pool]

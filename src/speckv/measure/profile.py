@@ -100,8 +100,9 @@ def _same(a, b) -> bool:
     return (sorted(a) == sorted(b)) if isinstance(a, list) and isinstance(b, list) else a == b
 
 
-def _refuse_other(out: Path, stored: dict, mine: dict, keys: tuple[str, ...]) -> None:
-    theirs = {k: stored.get(k) for k in keys}
+def _refuse_other(out: Path, stored: dict, mine: dict, keys: tuple[str, ...], defaults: dict | None = None) -> None:
+    """defaults: what a key missing from an older stored file meant."""
+    theirs = {k: stored.get(k, (defaults or {}).get(k)) for k in keys}
     diff = ", ".join(f"{k}: {theirs[k]} != {mine[k]}" for k in keys if not _same(theirs[k], mine[k]))
     if diff:
         raise SpeckvError(f"{out} holds records of another setup ({diff}); use --force or another --out")
@@ -122,7 +123,7 @@ def read_claim(path: Path, hint: str = REPLACE_HINT) -> dict:
 
 
 def claim_dir(out: Path, name: str, config: dict, keys: tuple[str, ...], force: bool,
-              union: tuple[str, ...] = ()) -> dict:
+              union: tuple[str, ...] = (), defaults: dict | None = None) -> dict:
     """Refuse to mix records of a different setup into one directory (unless forced), then record
     this setup in out/name, its `union` fields (lists) merged with the stored ones; returns it."""
     ensure_dir(out)
@@ -130,7 +131,7 @@ def claim_dir(out: Path, name: str, config: dict, keys: tuple[str, ...], force: 
     mine = json.loads(json.dumps(config))  # tuples compare as lists
     if meta_path.is_file() and not force:
         stored = read_claim(meta_path)
-        _refuse_other(out, stored, mine, keys)
+        _refuse_other(out, stored, mine, keys, defaults)
         for k in union:
             if not isinstance(stored.get(k), list):
                 raise SpeckvError(f"{meta_path}: {k} is not a list; {REPLACE_HINT}")
