@@ -1,0 +1,156 @@
+"""Issue 13's acceptance run: `auto` (hybrid drafting, NF4 draft, shipped artifacts, probed costs)
+against the target alone, transformers' assisted generation and prompt lookup, and today's
+chain-only cost-aware with the same NF4 draft; live, interleaved per prompt, one target in memory.
+
+Held-out prompts: `per` per task for code, math, chat, summarization, edit, rag and translation
+(chosen by seed, never one the shipped artifacts were trained on). After the live runs: the
+drafter-choosing oracle replayed on each prompt (match bits of the NF4 draft and of prompt lookup
+along the target's own output, priced by a cost model fitted to this run's live steps), and paired
+bootstrap CIs over prompts. Run alone on a quiet machine:
+
+    .venv/bin/python benchmarks/drafter_choice.py --out benchmarks/results/drafter_choice_bf16.json
+    .venv/bin/python benchmarks/drafter_choice.py --compression nf4 --methods autoregressive,auto,fixed:4 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from speckv.api import Decoder
+from speckv.bench.side_by_side import run_method
+from speckv.control.artifact import Setup, shipped_path
+from speckv.cost import CalibrationRun, CostModel
+from speckv.data.tasks import task_pool
+from speckv.files import write_json
+from speckv.measure.replay import oracle, replay
+from speckv.measure.stats import aggregate_tps, paired_ratio_ci
+from speckv.measure.trace import collect_trace
+from speckv.models.load import load_model
+from speckv.models.reduced_head import reduce_head
+from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
+from speckv.data.token_freq import token_ranking
+
+TASKS = ("code", "math", "chat", "summarization", "edit", "rag", "translation")
+#: label -> (drafter, draft compression or None for no draft, controller spec); "nf4-v32768": NF4
+#: draft with a 32k-token head
+METHODS = {
+    "autoregressive": (None, None, "autoregressive"),
+    "auto": ("auto", "nf4", "auto"),
+    "auto-v32768": ("auto", "nf4-v32768", "auto"),
+    "auto-bf16": ("auto", "bf16", "auto"),
+    "auto-lookup": ("lookup", None, "auto"),
+    "chain-cost-aware-nf4": ("model", "nf4", "auto"),
+    "fixed:4": ("model", "nf4", "fixed:4"),
+    "hf-assisted": (None, "bf16", "hf-assisted"),
+    "hf-assisted:4": (None, "bf16", "hf-assisted:4"),
+    "hf-lookup": (None, None, "hf-lookup"),
+}
+
+
+def held_out(per: int, seed: int, tasks=TASKS) -> list[tuple[str, object]]:
+    """`per` prompts per task, none of them among the shipped artifacts' training prompts."""
+    seen = set()
+    for path in shipped_path("cost-aware", Setup("x", "y", "bf16")).parent.glob("*.json"):
+        seen |= set(json.loads(path.read_text())["trained_on"]["prompts"])
+    out = []
+    for task in tasks:
+        pool = [p for p in task_pool(task) if p.id not in seen]
+        out += [(task, p) for p in random.Random(f"{seed}:{task}").sample(pool, per)]
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--per", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=13)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--compression", default="bf16")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    labels = args.methods.split(",")
+    target = load_model(DEFAULT_TARGET, args.compression, "cpu")
+    levels = {METHODS[m][1] for m in labels} - {None}
+    drafts = {level: load_model(DEFAULT_DRAFT, level, "cpu") for level in {lv.split("-")[0] for lv in levels}}
+    for level in levels - set(drafts):
+        base, vocab = level.split("-v")
+        drafts[level] = reduce_head(drafts[base], int(vocab), token_ranking(drafts[base].tokenizer))
+    decoders = {}
+    for label in labels:
+        drafter, level, spec = METHODS[label]
+        draft = drafts.get(level)
+        if spec.startswith("hf-") or spec == "autoregressive":
+            decoders[label] = Decoder(target, draft, "autoregressive", drafter="model" if draft else "auto")
+        else:
+            decoders[label] = Decoder(target, draft, spec, drafter=drafter, probe=True)
+    prompts = held_out(args.per, args.seed, args.tasks.split(","))
+    rows, steps = [], {}
+    t_start = time.time()
+    for i, (task, prompt) in enumerate(prompts):
+        ids = decoders[labels[0]].encode(prompt.text)
+        for label in labels[i % len(labels):] + labels[: i % len(labels)]:
+            dec, spec = decoders[label], METHODS[label][2]
+            if spec.startswith("hf-") or spec == "autoregressive":
+                r = run_method(dec, spec, prompt.id, ids, args.max_new_tokens, task)
+                row = {"tokens": r.token_ids, "new_tokens": r.new_tokens, "wall_s": r.wall_s, "mean_accepted": r.mean_accepted}
+            else:
+                res = dec.generate(ids, max_new_tokens=args.max_new_tokens)
+                steps[(label, prompt.id)] = CalibrationRun(len(ids), res.steps, res.stats.wall_s, res.stats.prefill_ms)
+                by = pd.Series([s.drafter for s in res.steps]).value_counts().to_dict()
+                row = {"tokens": res.token_ids, "new_tokens": res.stats.new_tokens, "wall_s": res.stats.wall_s,
+                       "mean_accepted": res.stats.mean_accepted, "steps_by_drafter": by}
+            rows.append({"controller": label, "prompt_id": prompt.id, "task": task, "prompt_len": len(ids), **row})
+            print(f"{i + 1}/{len(prompts)} {task:13s} {label:22s} {row['new_tokens'] / row['wall_s']:6.2f} tok/s", flush=True)
+    live_s = time.time() - t_start
+    runs = pd.DataFrame(rows)
+    summary = {"live_s": round(live_s), "tokens_per_s": {m: round(aggregate_tps(runs[runs.controller == m]), 2) for m in labels}}
+    per_task = {t: {m: round(aggregate_tps(runs[(runs.task == t) & (runs.controller == m)]), 2) for m in labels}
+                for t in dict.fromkeys(runs.task)}
+    cis = {}
+    for a in [m for m in ("auto",) if m in labels]:
+        for b in [m for m in labels if m != a]:
+            ci = paired_ratio_ci(runs, a, b)
+            cis[f"{a} / {b}"] = [round(ci.ratio, 3), round(ci.low, 3), round(ci.high, 3)]
+    hf = [m for m in ("hf-assisted", "hf-assisted:4", "hf-lookup") if m in labels]
+    if hf:
+        best = max(hf, key=lambda m: summary["tokens_per_s"][m])
+        summary["best_transformers"] = best
+    # The drafter-choosing oracle, replayed along the target's own output with this run's costs.
+    if "auto" in labels and "autoregressive" in labels:
+        live = [r for (label, _), r in steps.items() if label in ("auto", "chain-cost-aware-nf4")]
+        cost = CostModel.fit(live, {"fitted_on": "this run's live auto/chain steps"})
+        alone = runs[runs.controller == "autoregressive"].set_index("prompt_id")
+        dec = decoders["auto"]
+        tokens = wall = 0.0
+        for task, prompt in prompts:
+            out = list(alone.loc[prompt.id, "tokens"])
+            ids = dec.encode(prompt.text)
+            tr = collect_trace(target.model, dec.draft.model, ids, args.max_new_tokens, dec.stop_ids, depth=0, output=out)
+            replayed = replay(tr, oracle(tr, cost, "hybrid"), cost, drafter="hybrid")
+            for s in replayed:
+                s.control_ms = 0.0
+            tokens += len(out)
+            wall += cost.wall_s(replayed, len(ids))
+        summary["oracle_tokens_per_s"] = round(tokens / wall, 2)
+        summary["auto_share_of_oracle"] = round(summary["tokens_per_s"]["auto"] / (tokens / wall), 3)
+        summary["cost_model"] = cost.to_dict()
+    payload = {"summary": summary, "ratio_ci": cis, "per_task": per_task,
+               "rows": [{k: v for k, v in r.items() if k != "tokens"} | {"tokens": list(map(int, r["tokens"]))} for r in rows],
+               "config": {"per": args.per, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+                          "compression": args.compression, "methods": labels, "threads": torch.get_num_threads(),
+                          "setups": {m: str(d.setup) for m, d in decoders.items()}}}
+    if args.out:
+        write_json(args.out, payload)
+    print(json.dumps({k: payload[k] for k in ("summary", "ratio_ci", "per_task")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
