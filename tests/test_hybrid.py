@@ -20,7 +20,7 @@ from speckv.measure.trace import collect_trace
 from speckv.records import TokenSignals
 
 from conftest import tiny_model
-from test_sampling import accept_always, chi2_p, pair_distribution, sample_pairs
+from test_sampling import check_sampler
 
 CONTROLLERS = ["fixed:3", "hf-heuristic:2", "p-min:8:0.5", "auto"]
 #: a machine where a draft token costs 40% of a target forward and a verified row 3%
@@ -85,13 +85,7 @@ def test_hybrid_samples_the_target_distribution():
     a sampler that keeps every draft fails the same test."""
     target = tiny_model(0, vocab=8, layers=1, hidden=16, temperature=4.0)
     draft = tiny_model(1, vocab=8, layers=1, hidden=16, temperature=4.0)
-    config = SamplingConfig(True, temperature=0.9)
-    prompt = [1, 2, 3, 1, 2]
-    exact = pair_distribution(target, prompt, config)
-    engine = Engine(target, parse_drafter("hybrid").source(ChainSource(draft)))
-    assert chi2_p(sample_pairs(engine, prompt, config, 12_000), exact) > 0.01
-    broken = Engine(target, parse_drafter("hybrid").source(ChainSource(draft)), acceptance=accept_always)
-    assert chi2_p(sample_pairs(broken, prompt, config, 3_000), exact) < 0.01
+    check_sampler(target, parse_drafter("hybrid").source(ChainSource(draft)), [1, 2, 3, 1, 2], 12_000, 3_000)
 
 
 def test_choice_follows_the_costs():

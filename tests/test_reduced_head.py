@@ -16,12 +16,12 @@ from speckv.api import Decoder
 from speckv.control import make_controller
 from speckv.data import token_freq
 from speckv.drafting.chain import ChainSource
-from speckv.engine import Engine, SamplingConfig
+from speckv.engine import SamplingConfig
 from speckv.engine.kv import cached_logits, vocab_size
 from speckv.errors import SpeckvError
 from speckv.models.load import LoadedModel
 from speckv.models.reduced_head import MASKED, ReducedHead, check_draft_vocab, kept_ids, reduce_head
-from test_sampling import accept_always, chi2_p, pair_distribution, sample_pairs
+from test_sampling import check_sampler
 
 
 def loaded(model, name="tiny-draft") -> LoadedModel:
@@ -96,13 +96,7 @@ def test_speculative_sampling_with_a_reduced_draft_is_exact():
     and the same test rejects a broken acceptance rule with this draft."""
     target = tiny_model(0, vocab=8, layers=1, hidden=16, temperature=4.0)
     draft = ReducedHead(tiny_model(1, vocab=8, layers=1, hidden=16, temperature=4.0), torch.tensor([0, 3, 5]))
-    config = SamplingConfig(True, temperature=0.9)
-    prompt = [1, 2, 3]
-    exact = pair_distribution(target, prompt, config)
-    good = chi2_p(sample_pairs(Engine(target, ChainSource(draft)), prompt, config, 8_000), exact)
-    broken = chi2_p(sample_pairs(Engine(target, ChainSource(draft), acceptance=accept_always), prompt, config, 1_000), exact)
-    assert good > 0.01, good
-    assert broken < 0.01, broken
+    check_sampler(target, ChainSource(draft), [1, 2, 3], 8_000, 1_000)
 
 
 def test_a_sampled_reduced_draft_proposes_kept_ids_only():

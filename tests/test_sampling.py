@@ -67,16 +67,20 @@ def sample_pairs(engine, prompt, config, draws):
     return counts
 
 
+def check_sampler(target, source, prompt, draws, broken_draws, config=SamplingConfig(True, temperature=0.9)):
+    """The engine with this proposer samples the target's exact two-token distribution, and the
+    same test rejects a sampler that keeps every draft (accept_always) with the same proposer."""
+    exact = pair_distribution(target, prompt, config)
+    good = chi2_p(sample_pairs(Engine(target, source), prompt, config, draws), exact)
+    broken = chi2_p(sample_pairs(Engine(target, source, acceptance=accept_always), prompt, config, broken_draws), exact)
+    assert good > 0.01, good
+    assert broken < 0.01, broken
+
+
 def test_engine_samples_the_target_distribution(small_vocab_pair):
     """20k two-token draws exercise acceptance, residual resampling and the bonus token."""
     target, draft = small_vocab_pair
-    config = SamplingConfig(True, temperature=0.9)
-    prompt = [1, 2, 3]
-    exact = pair_distribution(target, prompt, config)
-    good = chi2_p(sample_pairs(Engine(target, ChainSource(draft)), prompt, config, 20_000), exact)
-    broken = chi2_p(sample_pairs(Engine(target, ChainSource(draft), acceptance=accept_always), prompt, config, 4_000), exact)
-    assert good > 0.01, good
-    assert broken < 0.01, broken
+    check_sampler(target, ChainSource(draft), [1, 2, 3], 20_000, 4_000)
 
 
 @pytest.mark.parametrize("broken_rule", [accept_always, resample_from_target])

@@ -38,6 +38,10 @@ class Compression:
     def require(self) -> Compression:
         """Refuse, before any model loads, a level the installed libraries cannot run."""
         if self.quantized:
+            # At import, on AVX512-BF16 CPUs, bitsandbytes warns that an optional faster NF4 kernel
+            # (downloaded from the Hugging Face hub by the `kernels` package) is missing; its own
+            # kernel runs instead. Not actionable offline, and printed on every load: keep it quiet.
+            logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
             try:
                 import bitsandbytes  # noqa: F401
             except ImportError:
