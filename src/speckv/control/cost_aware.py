@@ -58,8 +58,13 @@ class LookupAcceptance:
 
     def logit(self, s: TokenSignals, index: int) -> float:
         w = self.weights
-        return (w[0] + w[1] * min(s.match_len, 8) + w[2] * s.top1 + w[3] * s.margin + w[4] * s.entropy
-                + w[5] * min(index, 8))
+        return w[0] + sum(a * b for a, b in zip(w[1:], lookup_features(s, index)))
+
+
+def lookup_features(s: TokenSignals, index: int) -> tuple[float, ...]:
+    """LOOKUP_FEATURES of a copied token at `index` in its span: what the model predicts from and
+    what training (control/train.py) fits on, written once."""
+    return (min(s.match_len, 8), s.top1, s.margin, s.entropy, min(index, 8))
 
 
 def log1m(top1: float) -> float:

@@ -20,7 +20,7 @@ from speckv.control.artifact import Artifact, Setup
 from speckv.control.fixed import Fixed
 from speckv.errors import SpeckvError
 from speckv.cost import CostModel
-from speckv.measure.replay import replay
+from speckv.measure.replay import lookup_offers, replay
 from speckv.measure.trace import Trace, position_table
 
 
@@ -40,16 +40,12 @@ def lookup_table(traces: list[Trace], max_gamma: int = 16) -> tuple[np.ndarray, 
     offered token while the ones before it were accepted, and whether the target accepted it."""
     from speckv.drafting.lookup import LookupSource
 
-    drafter, x, y = LookupSource().new(0, None), [], []
+    x, y = [], []
     for tr in traces:
-        out, prompt = tr.output_ids, list(tr.prompt_ids)
-        for p in range(len(out) - 1):
-            for i, proposal in enumerate(drafter.offer(prompt + out[:p], min(max_gamma, len(out) - p - 1))):
-                s, hit = proposal.signals, proposal.token == out[p + i]
-                x.append((min(s.match_len, 8), s.top1, s.margin, s.entropy, min(i, 8)))
-                y.append(hit)
-                if not hit:
-                    break
+        for offer, accepted in lookup_offers(tr, LookupSource(), max_gamma):
+            for i, proposal in enumerate(offer[: accepted + 1]):  # accepted ones, then the first rejected
+                x.append(cost_aware.lookup_features(proposal.signals, i))
+                y.append(i < accepted)
     return np.array(x, float).reshape(-1, len(cost_aware.LOOKUP_FEATURES)), np.array(y, int)
 
 

@@ -11,6 +11,7 @@ predicted draft and verification times.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.control.oracle import Oracle, model_runs
@@ -92,17 +93,22 @@ def oracle(trace: Trace, cost, drafter: str = "model", max_gamma: int = 32) -> O
     if "model" in source.kinds:
         runs["model"] = model_runs(trace.matches)
     if "lookup" in source.kinds:
-        lookup = source.lookup.new(0, None) if hasattr(source, "lookup") else source.new(0, None)
-        out, prompt = trace.output_ids, list(trace.prompt_ids)
-        runs["lookup"] = []
-        for p in range(len(out)):
-            offer = lookup.offer(prompt + out[:p], min(max_gamma, len(out) - p))
-            k = 0
-            while k < len(offer) and offer[k].token == out[p + k]:
-                k += 1
-            runs["lookup"].append(k)
-        runs["lookup"].append(0)
+        lookup = source.lookup if hasattr(source, "lookup") else source
+        runs["lookup"] = [k for _, k in lookup_offers(trace, lookup, max_gamma)] + [0]
     return Oracle(trace, cost, max_gamma, runs)
+
+
+def lookup_offers(trace: Trace, lookup, max_gamma: int) -> Iterator[tuple[list[Proposal], int]]:
+    """At each output position p: what prompt lookup (a LookupSource) offers after prompt +
+    output[:p] (at most max_gamma tokens, never past the output's last token), and how many of those
+    tokens the target's output confirms. Lookup is a function of the text, so the trace is enough."""
+    drafter, out, prompt = lookup.new(0, None), trace.output_ids, list(trace.prompt_ids)
+    for p in range(len(out)):
+        offer = drafter.offer(prompt + out[:p], min(max_gamma, len(out) - p - 1))
+        k = 0
+        while k < len(offer) and offer[k].token == out[p + k]:
+            k += 1
+        yield offer, k
 
 
 def replay(trace: Trace, controller: Controller, cost=None, drafter: str = "model") -> list[StepRecord]:
