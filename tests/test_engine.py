@@ -90,7 +90,7 @@ def test_caches_hold_only_the_accepted_prefix(tiny_pair):
     for event in events:
         ids += event.tokens
         if not event.finished:
-            assert engine.drafters[-1].cache.get_seq_length() <= len(ids) - 1
+            assert len(engine.drafters[-1].cache) <= len(ids) - 1
     assert len(engine.drafters) == 1
 
 
@@ -99,7 +99,7 @@ def test_each_run_gets_its_own_draft_cache(tiny_pair):
     first = engine.run([1, 2, 3], make_controller("fixed:4"), SamplingConfig(), 20)
     next(first)
     list(engine.run([7, 8], make_controller("fixed:4"), SamplingConfig(), 20))
-    held = engine.drafters[0].cache.get_seq_length()
+    held = len(engine.drafters[0].cache)
     assert len(engine.drafters) == 2 and engine.drafters[0] is not engine.drafters[1]
     assert 2 <= held  # the second run neither reset nor cropped the first run's cache
     assert [t for e in first for t in e.tokens]  # and the first run goes on

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache
 
 from conftest import CHARS, CharTokenizer, tiny_model
 from speckv.api import Decoder
@@ -17,7 +16,7 @@ from speckv.control import make_controller
 from speckv.data import token_freq
 from speckv.drafting.chain import ChainSource
 from speckv.engine import SamplingConfig
-from speckv.engine.kv import cached_logits, vocab_size
+from speckv.backends.hf import TorchRunner
 from speckv.errors import SpeckvError
 from speckv.models.load import LoadedModel
 from speckv.models.reduced_head import MASKED, ReducedHead, check_draft_vocab, kept_ids, reduce_head
@@ -42,19 +41,19 @@ def test_logits_equal_the_full_models_on_kept_ids_and_masked_elsewhere(bias):
     reduced = ReducedHead(full, kept)
     outside = torch.ones(64, dtype=torch.bool)
     outside[kept] = False
-    assert vocab_size(reduced) == 64 and reduced.config is full.config and reduced.device == full.device
-    caches = DynamicCache(config=full.config), DynamicCache(config=reduced.config)
+    assert TorchRunner(reduced).vocab == 64 and reduced.config is full.config and reduced.device == full.device
+    caches = TorchRunner(full).sequence(), TorchRunner(reduced).sequence()
     checked_outside = 0
     with torch.no_grad():
         for tokens, rows in (([1, 5, 9, 2, 40, 33, 7], 3), ([11], 1), ([12], 1), ([63, 0], 2)):
-            want = cached_logits(full, caches[0], tokens, rows, 64)
-            got = cached_logits(reduced, caches[1], tokens, rows, 64)
+            want = caches[0].forward(tokens, rows, 64)
+            got = caches[1].forward(tokens, rows, 64)
             assert got.shape == want.shape == (rows, 64) and got.dtype == torch.float32
             torch.testing.assert_close(got[:, kept], want[:, kept], rtol=1e-5, atol=1e-5)
             assert (got[:, outside] == MASKED).all()
             assert (got.argmax(-1) == kept[want[:, kept].argmax(-1)]).all()
             checked_outside += int((want.argmax(-1) != got.argmax(-1)).sum())
-            assert caches[0].get_seq_length() == caches[1].get_seq_length()
+            assert len(caches[0]) == len(caches[1])
     assert checked_outside > 0  # some full argmax fell outside the kept ids: the restriction mattered
 
 
@@ -102,7 +101,7 @@ def test_speculative_sampling_with_a_reduced_draft_is_exact():
 def test_a_sampled_reduced_draft_proposes_kept_ids_only():
     draft = ReducedHead(tiny_model(1, vocab=8, layers=1, hidden=16), torch.tensor([0, 3, 5]))
     with torch.no_grad():
-        logits = cached_logits(draft, DynamicCache(config=draft.config), [1, 2, 3], 1, 8)
+        logits = TorchRunner(draft).sequence().forward([1, 2, 3], 1, 8)
     q = SamplingConfig(True, temperature=0.5, top_p=0.99).probs(logits)[0]
     assert set(q.nonzero().flatten().tolist()) <= {0, 3, 5} and math.isclose(float(q.sum()), 1.0, rel_tol=1e-6)
 

@@ -113,12 +113,14 @@ class Decoder:
         self.tokenizer = target.tokenizer
         #: the drafter this Decoder drafts with (auto resolved)
         self.drafter = spec
-        source = spec.source(ChainSource(draft.model) if uses_model else None)
-        self.engine = Engine(target.model, source)
+        if uses_model and draft.backend != target.backend:
+            raise SpeckvError(f"draft runs on {draft.backend} and target on {target.backend}; load both on one backend")
+        source = spec.source(ChainSource(draft.runner) if uses_model else None)
+        self.engine = Engine(target.runner, source)
         #: selects trained controller artifacts and calibrated costs for this pair
         self.setup = Setup(target.name, draft.name if uses_model else "-", target.compression,
-                           draft.compression if uses_model else "-", target.model.device.type,
-                           getattr(draft.model, "requested", None) if uses_model else None)
+                           draft.compression if uses_model else "-", target.runner.device.type,
+                           getattr(draft.model, "requested", None) if uses_model else None, target.backend)
         if controller is None:
             controller = "auto" if source else "autoregressive"
         if probe and source is not None and not cost_path(self.setup).is_file():
@@ -126,11 +128,7 @@ class Decoder:
         #: the default policy: a template, each run gets a deep copy (runs never share its state)
         self.controller = self._controller(controller)
         self._lock = threading.Lock()  # held for one engine step (or one tokenizer call) at a time
-        eos = target.model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        if self.tokenizer.eos_token_id is not None:
-            eos.append(self.tokenizer.eos_token_id)
-        self.stop_ids = frozenset(eos)
+        self.stop_ids = target.eos_ids()
 
     def _probe_costs(self) -> None:
         """Measure this machine's cost lines for the setup once (seconds) and cache them."""
@@ -139,8 +137,8 @@ class Decoder:
         from speckv.measure.probe import probe
 
         print(f"speckv: timing this machine's forwards for {self.setup.slug()} (once; cached)", file=sys.stderr)
-        draft = self.draft.model if self.setup.draft != "-" else None
-        probe(self.target.model, draft, asdict(self.setup)).save(cost_path(self.setup))
+        draft = self.draft.runner if self.setup.draft != "-" else None
+        probe(self.target.runner, draft, asdict(self.setup)).save(cost_path(self.setup))
 
     def make_controller(self, spec: str | ControllerSpec) -> Controller:
         return self._controller(spec)

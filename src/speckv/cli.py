@@ -88,8 +88,6 @@ def models_info(
     context: Annotated[int, typer.Option(help="cached context length for the timing")] = 300,
 ) -> None:
     """Memory footprint and measured ms per forward (1 and 8 new tokens) at a compression level."""
-    import torch
-
     from speckv.measure.latency import forward_ms
     from speckv.models.load import load_model
 
@@ -101,10 +99,11 @@ def models_info(
     loaded = load_model(name, compression, device)
     if context + 8 > loaded.max_context:  # 8: the longest timed forward comes on top of the context
         raise SpeckvError(f"--context {context} + 8 timed tokens exceeds {name}'s context of {loaded.max_context} tokens")
-    ms = forward_ms(loaded.model, context=context)
+    runner = loaded.runner
+    ms = forward_ms(runner, context=context)
     typer.echo(f"model        {name} ({loaded.path})")
-    typer.echo(f"compression  {loaded.compression} on {loaded.model.device}, torch threads {torch.get_num_threads()}")
-    typer.echo(f"memory       {loaded.model.get_memory_footprint() / 2**20:.0f} MiB")
+    typer.echo(f"compression  {loaded.compression} on {runner.device}, {runner.backend} threads {runner.threads}")
+    typer.echo(f"memory       {runner.memory_bytes() / 2**20:.0f} MiB")
     for n, value in ms.items():
         typer.echo(f"forward      {value:7.1f} ms for {n} new token(s) after {context} cached")
 
@@ -310,7 +309,6 @@ def _side_by_side(dec, names, chosen, max_new_tokens):
 
 
 def _print_bench(dec, rows, names, what: str) -> None:
-    import torch
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -320,7 +318,7 @@ def _print_bench(dec, rows, names, what: str) -> None:
     summary = summarize(rows, names, names[0])
     tasks = per_task(rows, names)
     levels = f"target {dec.target.compression}, draft {dec.setup.draft_compression}"
-    table = Table(title=f"{dec.target.name} <- {dec.setup.draft} (drafter {dec.drafter}), {levels}\n{what}, torch threads {torch.get_num_threads()}",
+    table = Table(title=f"{dec.target.name} <- {dec.setup.draft} (drafter {dec.drafter}), {levels}\n{what}, {dec.target.backend} threads {dec.target.runner.threads}",
                   caption=f"speedup and same (share of prompts with the same tokens): against {names[0]}; "
                           "task columns: tokens/s; acc: draft tokens accepted per step",
                   box=box.SIMPLE_HEAD, pad_edge=False)

@@ -147,7 +147,7 @@ def collect(dec: Decoder, config: EvalConfig, out: Path, part: str, progress=Non
             continue
         meta = {"prompt_id": prompt.id, "task": task, "compression": level, "target": config.target,
                 "draft": config.draft, "draft_compression": config.draft_compression, "device": dec.setup.device}
-        trace = collect_trace(dec.target.model, dec.draft.model, dec.encode(prompt.text), config.max_new_tokens,
+        trace = collect_trace(dec.target.runner, dec.draft.runner, dec.encode(prompt.text), config.max_new_tokens,
                               dec.stop_ids, config.depth, meta)
         save_trace(trace, path)
         if progress:

@@ -57,13 +57,13 @@ def hf_settings(method: str | ControllerSpec) -> dict:
 
 def _hf_generate(decoder: Decoder, method: ControllerSpec, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
     """transformers' own loop: assisted generation (hf-assisted) or prompt lookup (hf-lookup)."""
-    target = decoder.target.model
+    target = decoder.target.module
     if method.name == "hf-lookup":
         extra = hf_settings(method)
     else:  # transformers reads assisted generation's settings from the draft's generation_config
         if decoder.draft is None:
             raise SpeckvError("hf-assisted needs a draft model")
-        draft = decoder.draft.model
+        draft = decoder.draft.module
         for key, value in hf_settings(method).items():
             setattr(draft.generation_config, key, value)
         extra = {"assistant_model": draft}

@@ -28,11 +28,13 @@ class Setup:
     draft_compression: str = "bf16"
     device: str = "cpu"
     draft_vocab: int | None = None  # a reduced draft head's N most frequent tokens (None: the full head)
+    backend: str = "torch"  # "torch" (transformers) or "llamacpp": the same weights cost differently
 
     def slug(self) -> str:
         head = f"-v{self.draft_vocab}" if self.draft_vocab else ""
         draft = f"{self.draft}-{self.draft_compression}{head}" if self.draft != "-" else "no-draft"
-        return f"{self.target}-{self.compression}--{draft}--{self.device}"
+        backend = "" if self.backend == "torch" else f"--{self.backend}"  # torch slugs predate backends
+        return f"{self.target}-{self.compression}--{draft}--{self.device}{backend}"
 
 
 @dataclass

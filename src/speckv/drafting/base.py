@@ -74,6 +74,9 @@ class Drafter(Protocol):
     def rollback(self, length: int) -> None:
         """Forget everything after the first `length` ids (the accepted prefix minus its last token)."""
 
+    def close(self) -> None:
+        """The run is over: hand back what the drafter holds (a draft model's cache)."""
+
 
 class DraftSource(Protocol):
     """What an Engine is given instead of building a drafter itself."""

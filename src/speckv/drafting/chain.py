@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
+from speckv.backends import Runner, as_runner
 from speckv.control.base import Controller
 from speckv.drafting import base
 from speckv.drafting.base import Draft, Proposal
-from speckv.engine.kv import cached_logits, crop_to, vocab_size
 from speckv.engine.sampling import SamplingConfig
 from speckv.records import TokenSignals
 
@@ -38,13 +37,16 @@ def token_signals(logits: torch.Tensor) -> TokenSignals:
 class ChainSource:
     """A draft model proposing a chain, one token per forward on its own KV cache."""
 
-    model: torch.nn.Module
+    model: Runner
     name: str = "model"
     kinds: tuple[str, ...] = ("model",)
 
+    def __post_init__(self):
+        object.__setattr__(self, "model", as_runner(self.model))  # a transformers model is welcome too
+
     @property
     def vocab(self) -> int:
-        return vocab_size(self.model)
+        return self.model.vocab
 
     def new(self, vocab: int, sync) -> ChainDrafter:
         return ChainDrafter(self.model, vocab, sync)
@@ -53,14 +55,13 @@ class ChainSource:
 class ChainDrafter:
     """Owns one run's draft cache; the cache always holds a prefix of the accepted ids."""
 
-    def __init__(self, model: torch.nn.Module, vocab: int, sync):
-        self.model = model
+    def __init__(self, model: Runner, vocab: int, sync):
         self.vocab = vocab
         self.sync = sync
-        self.cache = DynamicCache(config=model.config)
+        self.cache = model.sequence()
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
-        return cached_logits(self.model, self.cache, tokens, 1, self.vocab)[0]
+        return self.cache.forward(tokens, 1, self.vocab)[0]
 
     def prefill(self, ids: list[int]) -> None:
         if len(ids) > 1:
@@ -76,7 +77,7 @@ class ChainDrafter:
         stop_ids: frozenset[int],
     ) -> Draft:
         """Draft up to `budget` tokens after `ids`, asking the controller after each one."""
-        feed = ids[self.cache.get_seq_length():]  # catch up on tokens the draft has not seen
+        feed = ids[len(self.cache):]  # catch up on tokens the draft has not seen
 
         def next_proposal() -> Proposal:
             nonlocal feed
@@ -94,4 +95,7 @@ class ChainDrafter:
 
     def rollback(self, length: int) -> None:
         """Drop cached positions beyond `length` (the accepted prefix minus its last token)."""
-        crop_to(self.cache, length)
+        self.cache.truncate(length)
+
+    def close(self) -> None:
+        self.cache.close()

@@ -71,3 +71,6 @@ class HybridDrafter:
 
     def rollback(self, length: int) -> None:
         self.model.rollback(length)
+
+    def close(self) -> None:
+        self.model.close()

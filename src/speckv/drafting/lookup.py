@@ -111,3 +111,6 @@ class LookupDrafter:
 
     def rollback(self, length: int) -> None:
         """Nothing cached."""
+
+    def close(self) -> None:
+        """Nothing held."""

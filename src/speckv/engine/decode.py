@@ -16,11 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
+from speckv.backends import Runner, Sequence, as_runner, sync_for
 from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.drafting.base import Drafter, DraftSource
-from speckv.engine.kv import cached_logits, crop_to, vocab_size
 from speckv.engine.sampling import SamplingConfig, accept_greedy, accept_speculative
 from speckv.errors import SpeckvError
 from speckv.records import StepRecord
@@ -34,21 +33,15 @@ class StepEvent:
     prefill_ms: float = 0.0  # prompt processing before the first step (first event only)
 
 
-def _sync_for(device: torch.device):
-    if device.type == "cuda":
-        return torch.cuda.synchronize
-    return lambda: None
-
-
 class Engine:
     """Speculative decoding for one target and an optional proposer that share a vocabulary."""
 
-    def __init__(self, target: torch.nn.Module, draft: DraftSource | None = None, acceptance=None):
-        self.target = target
+    def __init__(self, target: Runner, draft: DraftSource | None = None, acceptance=None):
+        self.target = target = as_runner(target)  # a transformers model is welcome too
         self.device = target.device
-        self.sync = _sync_for(self.device)
+        self.sync = sync_for(self.device)
         # Embedding tables are often padded past the tokenizer; compare over the shared rows.
-        self.vocab = min(vocab_size(target), (draft.vocab if draft is not None else None) or vocab_size(target))
+        self.vocab = min(target.vocab, (draft.vocab if draft is not None else None) or target.vocab)
         self.draft = draft
         self.acceptance = acceptance  # None: greedy or speculative sampling, by the config
 
@@ -76,9 +69,6 @@ class Engine:
             raise SpeckvError(f"prompt has {len(ids)} tokens; the model's context is {max_context}")
         return ids
 
-    def _verify(self, cache: DynamicCache, feed: list[int], rows: int) -> torch.Tensor:
-        return cached_logits(self.target, cache, feed, rows, self.vocab)
-
     @torch.inference_mode()
     def run(
         self,
@@ -101,13 +91,21 @@ class Engine:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(config.seed if config.seed is not None else torch.seed())
         accept = self.acceptance or (accept_speculative if config.do_sample else accept_greedy)
-        cache = DynamicCache(config=self.target.config)
+        cache = self.target.sequence()
         drafter = self.new_drafter() if self.draft is not None else None  # cheap: its cache fills lazily
-        controller.start(RequestInfo(len(ids), limit, self.draft.kinds if self.draft is not None else ()))
+        try:
+            yield from self._loop(ids, cache, drafter, controller, config, generator, accept, limit, stop_ids)
+        finally:  # a finished, failed or abandoned (closed) run hands its caches back
+            cache.close()
+            if drafter is not None:
+                drafter.close()
 
+    def _loop(self, ids: list[int], cache: Sequence, drafter: Drafter | None, controller: Controller,
+              config: SamplingConfig, generator, accept, limit: int, stop_ids: frozenset[int]) -> Iterator[StepEvent]:
+        controller.start(RequestInfo(len(ids), limit, self.draft.kinds if self.draft is not None else ()))
         t0 = time.perf_counter()
         if len(ids) > 1:
-            self._verify(cache, ids[:-1], 1)
+            cache.forward(ids[:-1], 1, self.vocab)
         self.sync()
         prefill_ms = (time.perf_counter() - t0) * 1000
 
@@ -133,7 +131,7 @@ class Engine:
                     draft_probs = d.probs(self.vocab, self.device)
 
             t1 = time.perf_counter()
-            logits = self._verify(cache, ids[cache.get_seq_length():] + drafted, len(drafted) + 1)
+            logits = cache.forward(ids[len(cache):] + drafted, len(drafted) + 1, self.vocab)
             self.sync()
             t2 = time.perf_counter()
             verdict = accept(logits, drafted, draft_probs=draft_probs, config=config, generator=generator)
@@ -149,7 +147,7 @@ class Engine:
             ids += new
             produced += len(new)
             # Roll both caches back to the accepted prefix (all of ids but its last token).
-            crop_to(cache, len(ids) - 1)
+            cache.truncate(len(ids) - 1)
             if budget:
                 drafter.rollback(len(ids) - 1)
 

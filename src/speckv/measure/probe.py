@@ -13,8 +13,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
+from speckv.backends import Runner, as_runner
 from speckv.cost import CostModel
 from speckv.drafting.lookup import LookupSource
 from speckv.measure.latency import forward_ms
@@ -41,8 +41,9 @@ def lookup_ms(tokens: int = 2000, budget: int = 16, repeats: int = 20) -> tuple[
     return (per_step / 2, per_step / 2 / max(len(offer), 1))
 
 
-def probe(target: torch.nn.Module, draft: torch.nn.Module | None, meta: dict | None = None) -> CostModel:
+def probe(target: Runner, draft: Runner | None, meta: dict | None = None) -> CostModel:
     """Cost lines for this target (and draft) on this machine, from about twenty timed forwards."""
+    target = as_runner(target)
     x, y = [], []
     for ctx in CONTEXTS:
         for n, ms in forward_ms(target, context=ctx, new_tokens=(1, 9), repeats=3).items():
@@ -56,4 +57,4 @@ def probe(target: torch.nn.Module, draft: torch.nn.Module | None, meta: dict | N
         draft_line = (0.0, max(0.0, per_token[CONTEXTS[0]] - slope * CONTEXTS[0] / 1000), slope)
     prefill = (verify[0], verify[1] * 1000)  # the line at n = prompt length: pessimistic (prefill batches better)
     return CostModel(draft_line, tuple(verify), OVERHEAD_MS, prefill,
-                     {"calibrated": "probe", "threads": torch.get_num_threads(), **(meta or {})}, lookup_ms())
+                     {"calibrated": "probe", "threads": target.threads, **(meta or {})}, lookup_ms())

@@ -221,7 +221,7 @@ def _measure(config: ProfileConfig, levels: list[str], prompts, out: Path, force
             continue
         target = load_model(config.target, level, config.device)
         dec = Decoder(target, draft)
-        env = Environment.current(str(target.model.device))
+        env = Environment.current(str(target.runner.device))
         methods = (["autoregressive"] if config.baseline else []) + [f"fixed:{g}" for g in config.gammas]
         for task, prompt in units:
             ids = dec.encode(prompt.text)

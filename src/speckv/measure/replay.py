@@ -50,6 +50,9 @@ class TraceDrafter:
     def rollback(self, length: int) -> None:
         """Nothing cached."""
 
+    def close(self) -> None:
+        """Nothing held."""
+
     def propose(self, ids: list[int], budget: int, controller: Controller, config=None, generator=None,
                 stop_ids: frozenset[int] = frozenset()) -> Draft:
         """Draft after ids = prompt + output[:p] (greedy: ids is always on the target's path)."""

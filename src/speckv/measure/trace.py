@@ -19,12 +19,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from transformers import DynamicCache
 
+from speckv.backends import Runner, as_runner
 from speckv.control.fixed import Autoregressive
 from speckv.engine.decode import Engine
 from speckv.drafting.chain import batch_signals
-from speckv.engine.kv import cached_logits, crop_to
 from speckv.errors import SpeckvError
 from speckv.files import atomic_write
 from speckv.records import TokenSignals
@@ -59,8 +58,8 @@ class Trace:
 
 @torch.inference_mode()
 def collect_trace(
-    target: torch.nn.Module,
-    draft: torch.nn.Module,
+    target: Runner,
+    draft: Runner,
     prompt_ids: list[int],
     max_new_tokens: int,
     stop_ids: frozenset[int] = frozenset(),
@@ -74,16 +73,23 @@ def collect_trace(
     if output is None:
         output = [t for event in engine.run(prompt_ids, Autoregressive(), max_new_tokens=max_new_tokens, stop_ids=stop_ids)
                   for t in event.tokens]
-    vocab = engine.vocab
-    ids = list(prompt_ids) + output
-    n, start = len(output), len(prompt_ids)
+    cache = as_runner(draft).sequence()
+    try:
+        draft_tokens, signals, branches = _draft_pass(cache, list(prompt_ids), output, engine.vocab, depth, stop_ids)
+    finally:
+        cache.close()
+    return Trace(list(prompt_ids), output, draft_tokens, signals, branches, max_new_tokens, depth, frozenset(stop_ids),
+                 dict(meta or {}))
 
-    # Teacher-forced pass, incrementally so every branch can reuse the cached prefix: the cache
-    # holds ids[:start + i - 1]; feeding up to position start + i - 1 yields the row predicting output[i].
-    cache = DynamicCache(config=draft.config)
+
+def _draft_pass(cache, prompt_ids: list[int], output: list[int], vocab: int, depth: int, stop_ids: frozenset[int]):
+    """Teacher-forced pass, incrementally so every branch can reuse the cached prefix: the cache
+    holds ids[:start + i - 1]; feeding up to position start + i - 1 yields the row predicting output[i]."""
+    ids = prompt_ids + output
+    n, start = len(output), len(prompt_ids)
     if start > 1:
-        cached_logits(draft, cache, ids[: start - 1], 1, vocab)
-    rows = cached_logits(draft, cache, ids[start - 1 : start + n - 1], n, vocab)
+        cache.forward(ids[: start - 1], 1, vocab)
+    rows = cache.forward(ids[start - 1 : start + n - 1], n, vocab)
     draft_tokens = rows.argmax(-1).tolist()
     signals = batch_signals(rows)
 
@@ -97,20 +103,19 @@ def collect_trace(
         branch = Branch()
         branches[i] = branch
         # The cache must hold exactly prompt + output[:i]: crop back, or catch up after a branch.
-        have = cache.get_seq_length()
+        have = len(cache)
         if have > start + i:
-            crop_to(cache, start + i)
+            cache.truncate(start + i)
         elif have < start + i:
-            cached_logits(draft, cache, ids[have : start + i], 1, vocab)
+            cache.forward(ids[have : start + i], 1, vocab)
         token = d
         while len(branch.tokens) < depth and token not in stop_ids:
-            row = cached_logits(draft, cache, [token], 1, vocab)
+            row = cache.forward([token], 1, vocab)
             token = int(row[0].argmax())
             branch.tokens.append(token)
             branch.signals.append(batch_signals(row)[0])
-        crop_to(cache, start + i)
-    return Trace(list(prompt_ids), output, draft_tokens, signals, branches, max_new_tokens, depth, frozenset(stop_ids),
-                 dict(meta or {}))
+        cache.truncate(start + i)
+    return draft_tokens, signals, branches
 
 
 def _signal_columns(signals: list[TokenSignals], prefix: str = "") -> dict:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import torch
 
+from speckv.backends import Runner, as_runner
 from speckv.errors import SpeckvError
 from speckv.models.compress import Compression
 from speckv.models.provision import model_path
@@ -14,15 +16,46 @@ from speckv.models.provision import model_path
 
 @dataclass
 class LoadedModel:
+    """A model, its tokenizer and what it was loaded as. `model` is a transformers model (torch
+    backend) or a backend's Runner (llama.cpp); `runner` is what the engine drives either way."""
+
     name: str
     path: Path
-    model: torch.nn.Module
+    model: object
     tokenizer: object
     compression: str = "bf16"
 
+    @cached_property
+    def runner(self) -> Runner:
+        return as_runner(self.model)
+
+    @property
+    def backend(self) -> str:
+        return self.runner.backend
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The torch model, for what only transformers can do (its own generation methods, a
+        reduced draft head)."""
+        if self.backend != "torch":
+            raise SpeckvError(f"{self.name} runs on {self.backend}; this needs the transformers backend (--backend torch)")
+        return self.model
+
     @property
     def max_context(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        return self.runner.max_context
+
+    def eos_ids(self) -> frozenset[int]:
+        """Ids that end a generation: the model's (generation config, or llama.cpp's end-of-generation
+        tokens) and the tokenizer's eos."""
+        if self.backend == "torch":
+            eos = self.model.generation_config.eos_token_id
+            ids = {eos} if isinstance(eos, int) else set(eos or [])
+        else:
+            ids = set(self.runner.eos_ids)
+        if getattr(self.tokenizer, "eos_token_id", None) is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return frozenset(ids)
 
 
 DEVICES = ("cpu", "cuda", "mps")  # where a model can run (torch also parses meta, xla, ...: not here)

@@ -158,7 +158,7 @@ def reduce_head(loaded: LoadedModel, n: int, ranking: Iterable[int]) -> LoadedMo
     """`loaded` with its model drafting over the n top-ranked ids (most frequent first) plus the
     special tokens; name, path, tokenizer and compression unchanged. Reducing a reduced model
     starts again from its full head."""
-    model = loaded.model.base if isinstance(loaded.model, ReducedHead) else loaded.model
+    model = loaded.module.base if isinstance(loaded.module, ReducedHead) else loaded.module
     vocab = model.get_output_embeddings().weight.shape[0]
     n = _check_n(n, vocab)
     kept = kept_ids(ranking, n, vocab, special_ids(loaded.tokenizer, model))
