@@ -133,7 +133,7 @@ def main() -> None:
         for task, prompt in prompts:
             out = list(alone.loc[prompt.id, "tokens"])
             ids = dec.encode(prompt.text)
-            tr = collect_trace(target.model, dec.draft.model, ids, args.max_new_tokens, dec.stop_ids, depth=0, output=out)
+            tr = collect_trace(target.runner, dec.draft.runner, ids, args.max_new_tokens, dec.stop_ids, depth=0, output=out)
             replayed = replay(tr, oracle(tr, cost, "hybrid"), cost, drafter="hybrid")
             for s in replayed:
                 s.control_ms = 0.0

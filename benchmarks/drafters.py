@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import DynamicCache
 
 from speckv.drafting.lookup import LookupSource
-from speckv.engine.kv import cached_logits
+from speckv.backends import as_runner
 from speckv.files import write_json
 from speckv.measure.latency import forward_ms
 from speckv.measure.probe import lookup_ms
@@ -54,11 +53,11 @@ def fixed_steps(hits: list[bool], gamma: int = 4) -> float:
 def model_hits(model: torch.nn.Module, traces) -> list[list[bool]]:
     """Teacher-forced: does the draft's top-1 after prompt + output[:i] equal output[i]?"""
     out = []
-    vocab = min(model.get_output_embeddings().weight.shape[0], 151665)
+    runner = as_runner(model)
+    vocab = min(runner.vocab, 151665)
     for tr in traces:
         ids = list(tr.prompt_ids) + tr.output_ids
-        cache = DynamicCache(config=model.config)
-        rows = cached_logits(model, cache, ids[:-1], len(tr.output_ids), vocab)
+        rows = runner.sequence().forward(ids[:-1], len(tr.output_ids), vocab)
         out.append((rows.argmax(-1) == torch.tensor(tr.output_ids)).tolist())
     return out
 

@@ -246,7 +246,7 @@ def test_load_with_controller_none(monkeypatch, tiny_pair):
     import speckv.api as api
 
     models = {"t": tiny_pair[0], "d": tiny_pair[1]}
-    monkeypatch.setattr(api, "load_model", lambda name, level, device: LoadedModel(name, Path("."), models[name], CharTokenizer(), level))
+    monkeypatch.setattr(api, "load_model", lambda name, level, device, backend: LoadedModel(name, Path("."), models[name], CharTokenizer(), level))
     assert speckv.load("t", "d", controller=None).controller.name == "auto"
     assert speckv.load("t", None, controller=None).controller.name == "autoregressive"
     assert speckv.load("t", None).controller.name == "autoregressive"

@@ -134,10 +134,10 @@ def test_sigint_during_generation_exits_130(smol):
 
 
 def test_demo_shows_auto_beside_the_peers(cli, smol):
-    """The demo's table has auto, fixed:4, the target alone and assisted generation, per task; in float32
-    every speckv method reproduces the target's output."""
+    """On transformers the demo's table has auto, fixed:4, the target alone and assisted generation,
+    per task; in float32 every speckv method reproduces the target's output."""
     code, out, err = cli("demo", "--target", SMOL, "--draft", SMOL, "--dtype", "float32", "--tasks", "code,chat",
-                         "--max-new-tokens", "8")
+                         "--max-new-tokens", "8", "--backend", "torch")
     assert code == 0, err
     lines = {}
     for line in out.splitlines():  # the table's rows (the sample output below starts with "auto on")

@@ -64,7 +64,7 @@ def test_pipeline(cli, monkeypatch, tmp_path):
 
     # an artifact trained for one setup is refused for another
     other = tmp_path / "other"
-    code, _, err = cli("generate", "hi", "--draft", SMOL, "--target", SMOL, "--compression", "fp32",
+    code, _, err = cli("generate", "hi", "--draft", SMOL, "--target", SMOL, "--compression", "fp32", "--backend", "torch",
                        "--controller", f"cost-aware:{out / 'controllers' / arts[0]}", "--max-new-tokens", "2")
     assert code == 2 and "trained for another setup" in err and "compression bf16 != fp32" in err
     assert not other.exists()

@@ -106,6 +106,28 @@ def test_choice_follows_the_costs():
         assert c.choose(offer) == want, (drafters, offer)
 
 
+def test_a_jagged_verification_cost_sets_the_copied_span():
+    """llama.cpp picks kernels by batch size: when 16 rows cost less than 13, a long sure copy is
+    drafted to 15 tokens (16 rows); on the flat line the same copy stops after a few tokens."""
+    sure = tuple(TokenSignals(0.0, 1.0, 1.0, 3) for _ in range(16))
+    line = CostModel((0.0, 16.0, 0.0), (10.0, 15.0, 0.0, 0.0), (0, 0), (0, 0))
+    measured = {n: 10 + 15 * n for n in range(1, 18)} | {16: 120.0, 17: 300.0}
+    jagged = line.with_shape(measured, 300)
+    assert jagged.verify_ms(16, 300) == 120.0 and jagged.verify_ms(15, 300) == 235.0 and line.verify_ms(16, 300) == 250.0
+    spans = {}
+    for name, cost in (("line", line), ("jagged", jagged)):
+        c = CostAware(cost=cost)
+        c.start(RequestInfo(10, 100, ("lookup",)))
+        c.budget()
+        assert c.choose(sure) == "lookup"
+        spans[name] = c.lookup_span
+        drafted = 0
+        while c.keep_drafting(sure[drafted], drafted + 1):
+            drafted += 1
+        assert drafted + 1 == c.lookup_span  # keep_drafting stops exactly at the chosen span
+    assert spans["jagged"] == 15 and spans["line"] < 8
+
+
 def test_chain_only_cost_aware_still_drafts_nothing_when_the_chain_does_not_pay():
     c = CostAware(cost=CostModel((0.0, 100.0, 0.0), (100.0, 3.0, 0.0, 0.0), (0, 0), (0, 0)))
     c.start(RequestInfo(10, 100, ("model",)))

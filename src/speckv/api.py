@@ -23,7 +23,7 @@ from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.records import Stats, StepRecord
 from speckv.models.compress import Compression
-from speckv.models.load import LoadedModel, load_model, pick_device
+from speckv.models.load import LoadedModel, load_model, parse_level, pick_backend, pick_device
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
 
 
@@ -309,29 +309,34 @@ class Stream(Iterator[str]):
 def load(
     target: str = DEFAULT_TARGET,
     draft: str | None = DEFAULT_DRAFT,
-    dtype: str = "bfloat16",
+    dtype: str | None = None,
     controller: str | ControllerSpec | Controller | None = None,
     device: str = "auto",
     compression: str | None = None,
     draft_compression: str | None = None,
     drafter: str = "auto",
     draft_vocab: int | None = None,
+    backend: str = "auto",
 ) -> Decoder:
     """Load (provisioning if needed) a target and draft; draft=None gives the target alone (or
     prompt lookup). drafter: `auto` (hybrid: prompt lookup or the draft model, chosen per step),
     `model`, `hybrid[:N_MAX[:N_MIN]]`, or `lookup[:N_MAX[:N_MIN]]` (loads no draft model).
     draft_vocab: draft over the N most frequent tokens only (a reduced LM head, FR-Spec).
 
+    backend: `auto` (llama.cpp on CPU when installed, else transformers), `torch` or `llamacpp`.
     controller None: `auto` with a draft, `autoregressive` without. dtype sets both models;
-    compression (fp32|bf16|fp16|int8|nf4) overrides it for the target and draft_compression for
-    the draft (default: default_draft_level, NF4 on CPU at bf16). Losslessness is relative to the compressed target."""
+    compression overrides it for the target and draft_compression for the draft. Levels:
+    fp32|bf16|fp16|int8|nf4 on transformers (default bf16; the draft NF4 on CPU:
+    default_draft_level), q4_k_m|q8_0|bf16|f16|f32|native on llama.cpp (default native: the
+    GGUF as it is). Losslessness is relative to the compressed target."""
     if controller is not None:
         _checked_controller(controller)  # fail on a bad controller before loading gigabytes
-    pick_device(device)  # an unknown device fails before loading too
+    backend = pick_backend(backend, device, (target, draft),  # an unknown device or backend fails before loading too
+                           "draft_vocab (a reduced draft head)" if draft_vocab is not None else None)
     if not parse_drafter(drafter).resolve(draft is not None).needs_model:
         draft = None  # prompt lookup needs no draft model
-    target_level = Compression.parse(compression or dtype).require().level
-    draft_level = Compression.parse(draft_compression or default_draft_level(dtype, device)).require().level
+    target_level = parse_level(compression or dtype, backend)
+    draft_level = parse_level(draft_compression or default_draft_level(dtype, device, backend), backend)
     if draft_vocab is not None and not draft:
         raise SpeckvError("draft_vocab reduces a draft model's head; this run loads no draft model")
     if draft and draft_vocab is not None:
@@ -339,8 +344,8 @@ def load(
         from speckv.models.reduced_head import check_draft_vocab
 
         check_draft_vocab(draft_vocab, model_path(draft))  # provisions the draft if needed, loads nothing
-    target_model = load_model(target, target_level, device)
-    draft_model = load_model(draft, draft_level, device) if draft else None
+    target_model = load_model(target, target_level, device, backend)
+    draft_model = load_model(draft, draft_level, device, backend) if draft else None
     if draft_model is not None and draft_vocab is not None:
         from speckv.data.token_freq import token_ranking
         from speckv.models.reduced_head import reduce_head
@@ -349,11 +354,12 @@ def load(
     return Decoder(target_model, draft_model, controller, drafter, probe=True)
 
 
-def default_draft_level(dtype: str, device: str) -> str:
-    """The draft's compression when none is given: NF4 on CPU at the default bf16 (a draft token
-    costs about half as much as in bf16 and the draft ranks tokens nearly as well: the cheaper
-    draft is worth more than any stop rule, benchmarks/results/drafters.json); else `dtype`."""
-    if Compression.parse(dtype).level != "bf16" or pick_device(device).type != "cpu":
+def default_draft_level(dtype: str | None, device: str, backend: str = "torch") -> str | None:
+    """The draft's compression when none is given: on transformers, NF4 on CPU at the default bf16
+    (a draft token costs about half as much as in bf16 and the draft ranks tokens nearly as well:
+    the cheaper draft is worth more than any stop rule, benchmarks/results/drafters.json); else
+    `dtype` (None: the backend's default)."""
+    if backend != "torch" or Compression.parse(dtype or "bf16").level != "bf16" or pick_device(device).type != "cpu":
         return dtype
     try:
         Compression("nf4").require()

@@ -22,9 +22,10 @@ app.add_typer(models_app, name="models")
 
 Draft = Annotated[str, typer.Option(help="draft model: built-in name, HF directory or .gguf file")]
 Target = Annotated[str, typer.Option(help="target model: built-in name, HF directory or .gguf file")]
-Dtype = Annotated[str, typer.Option(help="float32 (exact) or bfloat16 (fast), for both models")]
-Comp = Annotated[Optional[str], typer.Option(help="target compression: fp32|bf16|fp16|int8|nf4 (overrides --dtype)")]
-DraftComp = Annotated[Optional[str], typer.Option(help="draft compression: fp32|bf16|fp16|int8|nf4 (default: nf4 on CPU at bfloat16, else --dtype)")]
+Dtype = Annotated[Optional[str], typer.Option(help="both models' level: float32 (exact) or bfloat16 on transformers (default bfloat16); on llama.cpp the GGUF as it is unless set")]
+Comp = Annotated[Optional[str], typer.Option(help="target compression (overrides --dtype): fp32|bf16|fp16|int8|nf4 on transformers, q4_k_m|q8_0|bf16|f16|f32|native on llama.cpp")]
+DraftComp = Annotated[Optional[str], typer.Option(help="draft compression, same levels (default: nf4 on CPU at bfloat16 on transformers, else --dtype)")]
+Backend = Annotated[str, typer.Option(help="auto (llama.cpp on CPU when installed, else transformers), torch or llamacpp")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
 DraftVocab = Annotated[Optional[int], typer.Option(help="draft over the N most frequent tokens only (a reduced LM head, FR-Spec)")]
 Drafter = Annotated[str, typer.Option(help="auto (hybrid with a draft model), model (the draft model proposes), lookup[:N_MAX[:N_MIN]] (prompt lookup: n-grams of the text, no draft model) or hybrid[:N_MAX[:N_MIN]] (the controller picks lookup or the model per step)")]
@@ -83,20 +84,23 @@ def models_path(name: Annotated[str, typer.Argument(help="built-in name, HF dire
 @models_app.command("info")
 def models_info(
     name: Annotated[str, typer.Argument(help="built-in name, HF directory or .gguf file")],
-    compression: Annotated[str, typer.Option(help="fp32|bf16|fp16|int8|nf4")] = "bf16",
+    compression: Comp = None,
     device: Device = "auto",
+    backend: Backend = "auto",
     context: Annotated[int, typer.Option(help="cached context length for the timing")] = 300,
 ) -> None:
     """Memory footprint and measured ms per forward (1 and 8 new tokens) at a compression level."""
     from speckv.measure.latency import forward_ms
-    from speckv.models.load import load_model
+    from speckv.models.load import load_model, parse_level, pick_backend
 
+    backend = pick_backend(backend, device, (name,))
+    compression = parse_level(compression, backend)
     if context < 1:
         raise SpeckvError(f"--context must be positive (got {context})")
     cap = 32768  # the timing prefills the whole context in one forward: past this it runs for ages or OOMs
     if context > cap:
         raise SpeckvError(f"--context {context} is over the cap of {cap} tokens")
-    loaded = load_model(name, compression, device)
+    loaded = load_model(name, compression, device, backend)
     if context + 8 > loaded.max_context:  # 8: the longest timed forward comes on top of the context
         raise SpeckvError(f"--context {context} + 8 timed tokens exceeds {name}'s context of {loaded.max_context} tokens")
     runner = loaded.runner
@@ -114,10 +118,11 @@ def generate(
     prompts_file: Annotated[Optional[Path], typer.Option(help="JSONL with a 'prompt' (or Spec-Bench 'turns') field")] = None,
     draft: Draft = DEFAULT_DRAFT,
     target: Target = DEFAULT_TARGET,
-    dtype: Dtype = "bfloat16",
+    dtype: Dtype = None,
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
+    backend: Backend = "auto",
     drafter: Drafter = "auto",
     draft_vocab: DraftVocab = None,
     controller: Annotated[str, typer.Option(help="auto (trained cost-aware if present), fixed:N, autoregressive, hf-heuristic, hf-confidence, p-min, cost-aware, speckv")] = "auto",
@@ -151,7 +156,8 @@ def generate(
 
     uses_draft = ControllerSpec.parse(controller).uses_draft  # the target alone needs no draft loaded
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller, drafter=drafter,
-                      device=device, compression=compression, draft_compression=draft_compression, draft_vocab=draft_vocab)
+                      device=device, compression=compression, draft_compression=draft_compression, draft_vocab=draft_vocab,
+                      backend=backend)
     encoded = []
     for p in prompts:  # every prompt must fit before any is generated
         try:
@@ -174,10 +180,11 @@ def serve(
     draft: Draft = DEFAULT_DRAFT,
     target: Target = DEFAULT_TARGET,
     controller: Annotated[str, typer.Option(help="default controller (a request's `controller` field overrides it)")] = "auto",
-    dtype: Dtype = "bfloat16",
+    dtype: Dtype = None,
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
+    backend: Backend = "auto",
     drafter: Drafter = "auto",
     draft_vocab: DraftVocab = None,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
@@ -199,7 +206,7 @@ def serve(
     sock = bind(host, port)  # a busy port or bad host fails now, not after the load
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression, drafter=drafter,
-                      draft_vocab=draft_vocab)
+                      draft_vocab=draft_vocab, backend=backend)
     run_server(dec, host, port, queue_size=queue_size, timeout=timeout, model_name=target, sock=sock,
                ready=lambda url: typer.echo(f"speckv: serving {target} at {url}"))
 
@@ -214,10 +221,11 @@ def bench(
     seed: Annotated[int, typer.Option(help="which task prompts (with --tasks)")] = 0,
     draft: Draft = DEFAULT_DRAFT,
     target: Target = DEFAULT_TARGET,
-    dtype: Dtype = "bfloat16",
+    dtype: Dtype = None,
     compression: Comp = None,
     draft_compression: DraftComp = None,
     device: Device = "auto",
+    backend: Backend = "auto",
     drafter: Drafter = "auto",
     draft_vocab: DraftVocab = None,
     out: Annotated[Optional[Path], typer.Option(help="write per-prompt rows and the summary as JSON")] = None,
@@ -232,12 +240,20 @@ def bench(
         raise SpeckvError("give --category or --tasks, not both")
     chosen = _bench_prompts(category, tasks, prompts, seed)
     from speckv.drafting import parse_drafter
+    from speckv.models.load import pick_backend
+
+    hf = [str(s) for s in specs if s.name.startswith("hf-")]
+    backend = pick_backend(backend, device, (target, draft), f"{', '.join(hf)} (transformers' own generation)" if hf else None)
+    peers = [str(s) for s in specs if s.name.startswith("llamacpp-")]
+    if peers and backend != "llamacpp":
+        raise SpeckvError(f"{', '.join(peers)} run llama.cpp's own server on our GGUF files: use --backend llamacpp")
 
     ours = parse_drafter(drafter).resolve(have_model=True)
-    need_draft = ours.needs_model or any(spec.name == "hf-assisted" for spec in specs)
+    need_draft = ours.needs_model or any(spec.name in ("hf-assisted", "llamacpp-spec") for spec in specs)
     dec = speckv.load(target=target, draft=draft if need_draft else None, dtype=dtype, device=device,
                       compression=compression, draft_compression=draft_compression,
-                      drafter=ours if ours.needs_model or not need_draft else "model", draft_vocab=draft_vocab)
+                      drafter=ours if ours.needs_model or not need_draft else "model", draft_vocab=draft_vocab,
+                      backend=backend)
     if dec.draft is not None and not ours.needs_model:  # our methods draft by lookup; hf-assisted keeps the draft model
         dec = speckv.Decoder(dec.target, dec.draft, None, ours)
     rows = _side_by_side(dec, names, chosen, max_new_tokens)
@@ -254,25 +270,29 @@ def demo(
     tasks: Annotated[str, typer.Option(help="task types to draw prompts from; edit (code editing) by name only")] = "code,math,chat,summarization",
     prompts_per_task: int = 1,
     max_new_tokens: int = 64,
-    methods: Annotated[str, typer.Option(help="methods side by side; the first is the baseline")] = "autoregressive,auto,fixed:4,hf-assisted",
+    methods: Annotated[Optional[str], typer.Option(help="methods side by side; the first is the baseline (default: autoregressive,auto,fixed:4 and, on transformers, hf-assisted)")] = None,
     seed: int = 1,
     draft: Draft = DEFAULT_DRAFT,
     target: Target = DEFAULT_TARGET,
-    dtype: Dtype = "bfloat16",
+    dtype: Dtype = None,
     device: Device = "auto",
+    backend: Backend = "auto",
 ) -> None:
     """The product in about 3 minutes: `auto` beside fixed:4, the target alone and transformers'
     assisted generation, on a few prompts of several tasks (default models, provisioned on first use)."""
     import speckv
     from speckv.bench.side_by_side import check_method
+    from speckv.models.load import pick_backend
 
+    if methods is None:
+        methods = "autoregressive,auto,fixed:4" + (",hf-assisted" if pick_backend(backend, device, (target, draft)) == "torch" else "")
     names = list(_csv_list(methods))
-    for m in names:
-        check_method(m)
+    hf = [m for m in names if check_method(m).name.startswith("hf-")]
+    backend = pick_backend(backend, device, (target, draft), f"{', '.join(hf)} (transformers' own generation)" if hf else None)
     if prompts_per_task < 1 or max_new_tokens < 1:
         raise SpeckvError("--prompts-per-task and --max-new-tokens must be positive")
     chosen = _bench_prompts(None, tasks, prompts_per_task, seed)
-    dec = speckv.load(target=target, draft=draft, dtype=dtype, device=device)
+    dec = speckv.load(target=target, draft=draft, dtype=dtype, device=device, backend=backend)
     rows = _side_by_side(dec, names, chosen, max_new_tokens)
     _print_bench(dec, rows, names, f"{len(chosen)} prompts ({tasks}) x {max_new_tokens} tokens")
     sample = next((r for r in rows if r.method == "auto"), rows[0])
@@ -445,7 +465,7 @@ def profile(
 
 
 EVAL_KEYS = ("tasks", "train_per_task", "test_per_task", "max_new_tokens", "seed", "depth", "target", "draft",
-             "draft_compression", "drafter")
+             "draft_compression", "drafter", "backend")
 
 
 def _eval_config(out: Path, compression: Optional[str] = None, **changes):
@@ -453,14 +473,14 @@ def _eval_config(out: Path, compression: Optional[str] = None, **changes):
     from dataclasses import replace
 
     from speckv.bench.evaluate import load_eval_config
-    from speckv.models.compress import Compression
+    from speckv.models.load import parse_level
 
     path = out / "eval.json"
     if not path.is_file():
         raise SpeckvError(f"{out} is not an evaluation directory (no eval.json); start with `speckv trace --out {out}`")
     config = load_eval_config(path)
     if compression:
-        levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
+        levels = tuple(parse_level(c, config.backend) for c in _csv_list(compression))
         unknown = set(levels) - set(config.compressions)
         if unknown:
             raise SpeckvError(f"{out} was set up for {', '.join(config.compressions)}, not {', '.join(sorted(unknown))}")
@@ -474,8 +494,8 @@ def trace(
     out: Annotated[Path, typer.Option(help="evaluation directory (resumable)")],
     split: Annotated[str, typer.Option(help="train, test or both")] = "both",
     tasks: Annotated[str, typer.Option(help="code,math,chat,summarization (default); edit (code editing) by name only")] = "code,math,chat,summarization",
-    compression: Annotated[str, typer.Option(help="target compression levels")] = "bf16,int8,nf4",
-    draft_compression: Annotated[str, typer.Option(help="draft compression level")] = "bf16",
+    compression: Annotated[Optional[str], typer.Option(help="target compression levels (default bf16,int8,nf4 on torch, q4_k_m,q8_0,bf16 on llamacpp)")] = None,
+    draft_compression: Annotated[Optional[str], typer.Option(help="draft compression level (default bf16 on torch, q4_k_m on llamacpp)")] = None,
     drafter: Annotated[str, typer.Option(help="what eval replays and runs: model, lookup[:N_MAX[:N_MIN]] or hybrid[:N_MAX[:N_MIN]] (traces hold the draft model's proposals; lookup's are recomputed from the text)")] = "model",
     train_per_task: int = 6,
     test_per_task: int = 4,
@@ -485,6 +505,7 @@ def trace(
     draft: Draft = DEFAULT_DRAFT,
     target: Target = DEFAULT_TARGET,
     device: Device = "auto",
+    backend: Annotated[str, typer.Option(help="torch (transformers) or llamacpp; levels are the backend's")] = "torch",
     force: Annotated[bool, typer.Option("--force", help="write into a directory set up for another configuration")] = False,
 ) -> None:
     """Collect greedy traces (target output + teacher-forced draft signals) for exact replay."""
@@ -493,23 +514,28 @@ def trace(
     from speckv.bench.evaluate import EvalConfig, Session, collect, load_eval_config, trace_path
     from speckv.drafting import parse_drafter
     from speckv.measure.profile import claim_dir
-    from speckv.models.compress import Compression
+    from speckv.models.load import parse_level, pick_backend
 
     task_list = _task_list(tasks)
+    if backend not in ("torch", "llamacpp"):
+        raise SpeckvError(f"--backend must be torch or llamacpp for an evaluation directory (got {backend!r})")
+    pick_backend(backend, device)
     if split not in ("train", "test", "both"):
         raise SpeckvError(f"--split must be train, test or both (got {split!r})")
     if min(train_per_task, test_per_task, max_new_tokens, depth) < 1:
         raise SpeckvError("--train-per-task, --test-per-task, --max-new-tokens and --depth must be positive")
-    levels = tuple(Compression.parse(c).level for c in _csv_list(compression))
+    compression = compression or ("bf16,int8,nf4" if backend == "torch" else "q4_k_m,q8_0,bf16")
+    draft_compression = draft_compression or ("bf16" if backend == "torch" else "q4_k_m")
+    levels = tuple(parse_level(c, backend) for c in _csv_list(compression))
     known = out / "eval.json"
     stored = load_eval_config(known).compressions if known.is_file() and not force else ()
     config = EvalConfig(task_list, tuple(dict.fromkeys([*stored, *levels])), train_per_task=train_per_task, test_per_task=test_per_task,
                         max_new_tokens=max_new_tokens, seed=seed, depth=depth, target=target, draft=draft,
-                        draft_compression=Compression.parse(draft_compression).level, device=device,
-                        drafter=str(parse_drafter(drafter)))
+                        draft_compression=parse_level(draft_compression, backend), device=device,
+                        drafter=str(parse_drafter(drafter)), backend=backend)
     parts = ("train", "test") if split == "both" else (split,)
     todo = [(lvl, part, p) for lvl in levels for part in parts for _, p in config.prompts(part)]
-    claim_dir(out, "eval.json", asdict(config), EVAL_KEYS, force, defaults={"drafter": "model"})
+    claim_dir(out, "eval.json", asdict(config), EVAL_KEYS, force, defaults={"drafter": "model", "backend": "torch"})
     done = sum(trace_path(out, part, lvl, p.id).is_file() for lvl, part, p in todo)
     bar = _Bar("tracing")
     bar.start(len(todo), done)

@@ -7,12 +7,16 @@ Fitted by least squares (non-negative) to live step records, so it knows what a 
 and a verification of n tokens cost at a given context length, and the per-step loop overhead
 outside the model forwards (which grows with the output: detokenization, bookkeeping) - the two
 things a naive per-forward model misses. Predicts a policy's wall time from replayed steps.
+
+A verification is a line in n plus a per-n residual (`verify_shape`): llama.cpp picks its matrix
+kernels by batch size, so on this CPU a Q4_K_M forward over 16 tokens costs less than one over 15
+(benchmarks/results/forward_costs.json). A line alone would price every long draft wrongly.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +66,7 @@ class CostModel:
     prefill: tuple[float, ...]  # ms: p0 + p1 prompt_len/1000
     meta: dict = field(default_factory=dict)  # models, compression, device, threads
     lookup: tuple[float, ...] = (0.0, 0.0)  # ms per prompt-lookup step: l0 [k>0] + l1 k
+    verify_shape: tuple[float, ...] = ()  # ms added to the verify line at n = 1, 2, ... (measured residuals)
 
     def draft_ms(self, drafted: int, ctx: int) -> float:
         """The draft model's chain of `drafted` tokens."""
@@ -75,7 +80,15 @@ class CostModel:
         return self.lookup_ms(drafted) if drafter == "lookup" else self.draft_ms(drafted, ctx)
 
     def verify_ms(self, n: int, ctx: int) -> float:
-        return _dot(_verify_x(n, ctx), self.verify)
+        shape = self.verify_shape[n - 1] if 0 < n <= len(self.verify_shape) else 0.0
+        return max(0.0, _dot(_verify_x(n, ctx), self.verify) + shape)
+
+    def with_shape(self, measured: dict[int, float], ctx: int) -> CostModel:
+        """This model with the per-n residuals of forwards measured at context `ctx`."""
+        top = max(measured, default=0)
+        line = {n: _dot(_verify_x(n, ctx), self.verify) for n in measured}
+        shape = tuple(measured[n] - line[n] if n in measured else 0.0 for n in range(1, top + 1))
+        return replace(self, verify_shape=tuple(round(v, 3) for v in shape))
 
     def overhead_ms(self, produced: int) -> float:
         return self.overhead[0] + self.overhead[1] * produced / 1000
@@ -107,6 +120,11 @@ class CostModel:
             lookup = tuple(_nonneg_fit(np.array([(1.0, s.drafted) for s in looked]), np.array([s.draft_ms for s in looked])))
         verify = _nonneg_fit(np.array([_verify_x(s.drafted + 1, s.context_len) for s in steps]),
                              np.array([s.verify_ms for s in steps]))
+        residual: dict[int, list[float]] = {}
+        for s in steps:
+            residual.setdefault(s.drafted + 1, []).append(s.verify_ms - _dot(_verify_x(s.drafted + 1, s.context_len), verify))
+        shape = tuple(float(np.median(residual[n])) if len(residual.get(n, ())) >= 3 else 0.0
+                      for n in range(1, max(residual) + 1))
         # Per run: residual = wall - prefill - forwards - control = o0 * steps + o1 * sum(produced)/1000
         x, y = [], []
         for r in runs:
@@ -116,7 +134,7 @@ class CostModel:
         overhead = _nonneg_fit(np.array(x), np.array(y))
         lens = np.array([r.prompt_len for r in runs], float) / 1000
         prefill = _nonneg_fit(np.stack([np.ones_like(lens), lens], -1), np.array([r.prefill_ms for r in runs]))
-        return cls(tuple(draft), tuple(verify), tuple(overhead), tuple(prefill), dict(meta or {}), lookup)
+        return cls(tuple(draft), tuple(verify), tuple(overhead), tuple(prefill), dict(meta or {}), lookup, shape)
 
     def to_dict(self) -> dict:
         return {"version": COST_VERSION, **asdict(self)}
@@ -130,7 +148,7 @@ class CostModel:
             raise SpeckvError(f"{source}: cost model version {data.get('version')} (this speckv reads {COST_VERSION})")
         try:
             return cls(*(tuple(data[k]) for k in ("draft", "verify", "overhead", "prefill")), data.get("meta", {}),
-                       tuple(data.get("lookup", (0.0, 0.0))))
+                       tuple(data.get("lookup", (0.0, 0.0))), tuple(data.get("verify_shape", ())))
         except (KeyError, TypeError):
             raise SpeckvError(f"{source}: malformed cost model") from None
 

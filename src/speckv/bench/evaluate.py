@@ -63,11 +63,13 @@ class EvalConfig:
     draft_compression: str = "bf16"
     device: str = "auto"
     drafter: str = "model"  # model, lookup[:..] or hybrid[:..]: what replay and the live runs draft with
+    backend: str = "torch"  # torch or llamacpp (directories from before backends are torch's)
 
     def setup(self, level: str) -> Setup:
         from speckv.models.load import pick_device
 
-        return Setup(self.target, self.draft, level, self.draft_compression, pick_device(self.device).type)
+        return Setup(self.target, self.draft, level, self.draft_compression, pick_device(self.device).type,
+                     backend=self.backend)
 
     def prompts(self, part: str) -> list[tuple[str, Prompt]]:
         index = 0 if part == "train" else 1
@@ -103,8 +105,12 @@ def load_eval_config(path: Path) -> EvalConfig:
     if unknown_tasks:
         raise SpeckvError(f"{path}: unknown task(s) {', '.join(unknown_tasks)}")
     try:
+        from speckv.models.load import parse_level
+
+        if values.get("backend", "torch") not in ("torch", "llamacpp"):
+            raise SpeckvError(f"backend must be torch or llamacpp (got {values['backend']!r})")
         for level in (*values.get("compressions", ()), values.get("draft_compression", "bf16")):
-            Compression.parse(level)
+            parse_level(level, values.get("backend", "torch"))
         values["drafter"] = str(parse_drafter(values.get("drafter", "model")))
     except SpeckvError as exc:
         raise SpeckvError(f"{path}: {exc}") from None
@@ -127,12 +133,12 @@ class Session:
         from speckv.models.load import load_model
 
         self.config = config
-        self.draft = draft or load_model(config.draft, config.draft_compression, config.device)
+        self.draft = draft or load_model(config.draft, config.draft_compression, config.device, config.backend)
 
     def decoder(self, level: str) -> Decoder:
         from speckv.models.load import load_model
 
-        return Decoder(load_model(self.config.target, level, self.config.device), self.draft, "fixed:4",
+        return Decoder(load_model(self.config.target, level, self.config.device, self.config.backend), self.draft, "fixed:4",
                        drafter=self.config.drafter)
 
 

@@ -4,7 +4,9 @@ Invariant: every method sees the same prompt ids back to back (the order rotated
 machine drift between methods averages out), and tokens/s is total tokens over total seconds.
 
 Methods: any controller spec (run through our engine), `hf-assisted[:N]`, transformers'
-own assisted generation, and `hf-lookup[:N]`, transformers' prompt lookup (N tokens, default 10).
+own assisted generation, `hf-lookup[:N]`, transformers' prompt lookup (N tokens, default 10), and
+on the llama.cpp backend `llamacpp-server` / `llamacpp-spec[:N]`, llama-server's own target alone
+and speculative decoding as real processes (bench/llama_server.py).
 transformers reads its assisted-generation settings from the *draft's* generation_config, so we
 set them there: `hf-assisted` = its defaults (20 tokens, constant
 schedule, confidence threshold 0.4, fixed unless scikit-learn is installed), `hf-assisted:N` =
@@ -77,8 +79,14 @@ def _hf_generate(decoder: Decoder, method: ControllerSpec, ids: list[int], max_n
     return out[0, len(ids):].tolist(), time.perf_counter() - t0
 
 
-def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], max_new_tokens: int, task: str = "") -> Row:
+def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], max_new_tokens: int, task: str = "",
+               peers=None) -> Row:
     spec = check_method(method)
+    if spec.name.startswith("llamacpp-"):
+        if peers is None:
+            raise SpeckvError(f"{method} runs through run_side_by_side (it starts llama-server)")
+        tokens, wall = peers.run(spec, ids, max_new_tokens)
+        return Row(method, prompt_id, len(tokens), wall, None, None, tokens, task)
     if spec.external:
         tokens, wall = _hf_generate(decoder, spec, ids, max_new_tokens)
         return Row(method, prompt_id, len(tokens), wall, None, None, tokens, task)
@@ -90,13 +98,19 @@ def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], ma
 def run_side_by_side(decoder: Decoder, methods: list[str], prompts: list[tuple[str, Prompt]], max_new_tokens: int,
                      advance=None) -> list[Row]:
     """Every method on every (task, prompt), methods interleaved per prompt in a rotating order."""
+    from speckv.bench.llama_server import Peers
+
     rows = []
-    for i, (task, prompt) in enumerate(prompts):
-        ids = decoder.encode(prompt.text)
-        for method in methods[i % len(methods):] + methods[: i % len(methods)]:
-            rows.append(run_method(decoder, method, prompt.id, ids, max_new_tokens, task))
-            if advance:
-                advance()
+    peers = Peers(decoder)
+    try:
+        for i, (task, prompt) in enumerate(prompts):
+            ids = decoder.encode(prompt.text)
+            for method in methods[i % len(methods):] + methods[: i % len(methods)]:
+                rows.append(run_method(decoder, method, prompt.id, ids, max_new_tokens, task, peers))
+                if advance:
+                    advance()
+    finally:
+        peers.close()
     return rows
 
 
@@ -141,6 +155,7 @@ def bench_payload(decoder: Decoder, rows: list[Row], methods: list[str], config:
             "rows": [r.__dict__ for r in rows],
             "config": {**config, "draft": decoder.setup.draft, "drafter": str(decoder.drafter), "target": decoder.target.name,
                        "target_compression": decoder.target.compression, "draft_compression": decoder.setup.draft_compression,
-                       "methods": methods, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "methods": methods, "threads": decoder.target.runner.threads, "backend": decoder.target.backend,
+                       "torch": torch.__version__,
                        # with scikit-learn present, assisted generation adapts its confidence threshold
                        "hf_assisted_sklearn": is_sklearn_available()}}

@@ -58,6 +58,18 @@ def speckv_from(art: Artifact) -> SpeckvMLP:
     return SpeckvMLP(p["hidden"], p["hidden_bias"], p["out"], p["out_bias"], art.setup.compression, tuple(p["gammas"]))
 
 
+def _shipped_setup(setup: Setup) -> Setup:
+    """The setup whose shipped acceptance models hold for this one: a reduced draft head ranks
+    tokens as the full one does, and on llama.cpp every level of the built-in GGUFs holds the
+    Q4_K_M values that the shipped torch bf16 models are dequantized from (same predictions; the
+    prices come from this machine's probe of the llama.cpp setup itself)."""
+    full = replace(setup, draft_vocab=None)
+    if setup.backend == "llamacpp":
+        draft_level = "bf16" if setup.draft != "-" else setup.draft_compression
+        full = replace(full, compression="bf16", draft_compression=draft_level, backend="torch")
+    return full
+
+
 def make_controller(spec: str | ControllerSpec, setup: Setup | None = None) -> Controller:
     """Build a controller from a spec ('fixed:4', 'auto', 'cost-aware:path.json', ... or a parsed
     ControllerSpec); only what runs live in our engine (not the oracle, not hf-assisted).
@@ -82,7 +94,7 @@ def make_controller(spec: str | ControllerSpec, setup: Setup | None = None) -> C
     if name == "auto":  # trained here (speckv train) > shipped for the built-in pair > untrained
         if setup is not None and default_path("cost-aware", setup).is_file():
             return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, None, setup), name="auto")
-        full = replace(setup, draft_vocab=None) if setup is not None else None  # a reduced head ranks tokens as the full one
+        full = _shipped_setup(setup) if setup is not None else None
         if full is not None and (path := shipped_path("cost-aware", full)).is_file():
             return cost_aware_from(load_artifact(path, "cost-aware", cost_aware.FEATURES, full), "auto", _cost_for(setup))
         return CostAware(cost=_cost_for(setup), name="auto")

@@ -91,16 +91,16 @@ class CostAware(Controller):
         self.avg_tokens = self.avg_ms = None  # moving averages per step: the running rate R
 
     def _step_costs(self) -> None:
-        """Per-step costs at the current context, from the cost model: a plain target step, and
-        what a chain adds: a fixed drafting cost plus, per draft, one draft token and one verified
-        row; for prompt lookup, its own line's cost plus the verified rows."""
+        """Per-step costs at the current context, from the cost model: `chain_ms[k]` and
+        `lookup_ms[k]`, a whole step that drafts k tokens from the model or by lookup (k = 0: a
+        plain target step). Whole steps, not a per-token rate: the verification of k + 1 tokens
+        is jagged in k where the backend picks kernels by batch size."""
         c, ctx = self.cost, self.prompt_len + self.produced
-        self.plain = c.verify_ms(1, ctx) + c.overhead_ms(self.produced)
-        self.per_draft = c.draft_ms(2, ctx) - c.draft_ms(1, ctx)
-        self.per_row = c.verify_ms(2, ctx) - c.verify_ms(1, ctx)
-        self.fixed = self.plain + c.draft_ms(1, ctx) - self.per_draft  # a chain's time without its drafts
-        self.per_copy = self.per_row + c.lookup_ms(2) - c.lookup_ms(1)  # one more copied token
-        self.fixed_lookup = self.plain + c.lookup_ms(1) - (c.lookup_ms(2) - c.lookup_ms(1))
+        base = c.overhead_ms(self.produced)
+        ks = range(self.max_gamma + 1)
+        self.chain_ms = [base + c.verify_ms(k + 1, ctx) + c.draft_ms(k, ctx) for k in ks]
+        self.lookup_ms = [base + c.verify_ms(k + 1, ctx) + c.lookup_ms(k) for k in ks]
+        self.plain = self.chain_ms[0]
 
     def _best_chain_rate(self) -> tuple[float, float]:
         """(best chain tokens/ms at the running acceptance rate, plain target step tokens/ms)."""
@@ -109,8 +109,17 @@ class CostAware(Controller):
         for k in range(1, self.max_gamma + 1):
             survive *= a
             tokens += survive
-            best = max(best, tokens / (self.fixed + k * (self.per_draft + self.per_row)))
+            best = max(best, tokens / self.chain_ms[k])
         return best, plain
+
+    def _marginal(self, costs: list[float], k: int) -> float:
+        """What drafting token k + 1 adds to a step of k, smoothed over the next few lengths (a
+        kernel switch can make one more row free, or one fewer dearer): the cheapest average
+        price per token of going from k to any of k + 1 .. k + 4."""
+        top = min(len(costs) - 1, k + 4)
+        if k >= top:
+            return float("inf")
+        return max(1e-3, min((costs[j] - costs[k]) / (j - k) for j in range(k + 1, top + 1)))
 
     def budget(self) -> int:
         self._step_costs()
@@ -118,11 +127,11 @@ class CostAware(Controller):
         self.model_ok = "model" in self.drafters and chain > plain
         self.chain_rate, self.plain_rate = chain, plain
         if self.avg_ms is None:  # a pseudo-step at the prior's rate seeds the moving averages
-            self.avg_ms = self.fixed + 4 * (self.per_draft + self.per_row)
+            self.avg_ms = self.chain_ms[min(4, self.max_gamma)]
             self.avg_tokens = max(chain, plain) * self.avg_ms
         self.survive = 1.0
-        self.threshold = self.avg_tokens / self.avg_ms * (self.per_draft + self.per_row)
-        self.lookup_threshold = self.avg_tokens / self.avg_ms * self.per_copy
+        self.rate = self.avg_tokens / self.avg_ms  # R: what a token's time is worth
+        self.lookup_span = self.max_gamma
         if not self.model_ok:
             self.alpha += 0.1 * (self.acceptance.prior - self.alpha)  # drift back: probe again later
             if "lookup" not in self.drafters:
@@ -134,32 +143,29 @@ class CostAware(Controller):
 
     def choose(self, lookup: tuple[TokenSignals, ...]) -> str:
         """The proposer with the most expected tokens per ms this step (lookup's rate at its best
-        span length; the model chain's at the running acceptance rate; a plain step)."""
+        span length, which the step then drafts; the model chain's at the running acceptance
+        rate; a plain step)."""
         best, tokens, survive = 0.0, 1.0, 1.0
-        for i, s in enumerate(lookup):
+        for i, s in enumerate(lookup[: self.max_gamma]):
             survive *= self._p_lookup(s, i)
             tokens += survive
-            best = max(best, tokens / (self.fixed_lookup + (i + 1) * self.per_copy))
+            rate = tokens / self.lookup_ms[i + 1]
+            if rate > best:
+                best, self.lookup_span = rate, i + 1
         rates = {"none": self.plain_rate, "model": self.chain_rate if self.model_ok else 0.0, "lookup": best}
         return max(rates, key=rates.get)
 
     def keep_drafting(self, signals: TokenSignals, drafted: int) -> bool:
-        if signals.match_len:  # a copied token: lookup's acceptance, and lookup's price
-            p = self._p_lookup(signals, drafted - 1)
-            self.survive *= p
-            return self.survive * p > self.lookup_threshold
+        if signals.match_len:  # a copied token: lookup's whole offer was priced in choose()
+            return drafted < self.lookup_span
         p = _sigmoid(self.acceptance.logit(signals) + self.bias)
         self.survive *= p
-        return self.survive * p > self.threshold
+        return self.survive * p > self.rate * self._marginal(self.chain_ms, drafted)
 
     def observe(self, outcome: StepOutcome) -> None:
         emitted = outcome.accepted + 1
-        if outcome.drafter == "lookup":
-            step_ms = self.fixed_lookup + outcome.drafted * self.per_copy
-        elif outcome.drafted:
-            step_ms = self.fixed + outcome.drafted * (self.per_draft + self.per_row)
-        else:
-            step_ms = self.plain
+        k = min(outcome.drafted, self.max_gamma)
+        step_ms = (self.lookup_ms if outcome.drafter == "lookup" else self.chain_ms)[k]
         self.avg_tokens = 0.8 * self.avg_tokens + 0.2 * emitted
         self.avg_ms = 0.8 * self.avg_ms + 0.2 * step_ms
         self.produced += emitted

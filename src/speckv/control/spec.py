@@ -22,13 +22,14 @@ from speckv.errors import SpeckvError
 MAX_GAMMA = 32
 NAMES = ("auto", "fixed:N", "autoregressive", "hf-heuristic[:N]", "hf-confidence[:N]", "p-min[:N[:P]]",
          "cost-aware[:ARTIFACT]", "speckv[:ARTIFACT]", "oracle (replay only)")
-METHODS = ("hf-assisted[:N]", "hf-lookup[:N]")  # not controllers: what bench and eval also run
-EXTERNAL = ("hf-assisted", "hf-lookup")  # transformers' own loops
+METHODS = ("hf-assisted[:N]", "hf-lookup[:N]", "llamacpp-server", "llamacpp-spec[:N]")  # not controllers: what bench and eval also run
+EXTERNAL = ("hf-assisted", "hf-lookup", "llamacpp-server", "llamacpp-spec")  # transformers' and llama-server's own loops
 
 #: the typed arguments each name takes (ControllerSpec field names)
 _ARGS = {"auto": (), "autoregressive": (), "oracle": (), "fixed": ("gamma",), "hf-heuristic": ("gamma",),
          "hf-confidence": ("gamma",), "p-min": ("gamma", "p_min"), "cost-aware": ("artifact",),
-         "speckv": ("artifact",), "hf-assisted": ("gamma",), "hf-lookup": ("gamma",)}
+         "speckv": ("artifact",), "hf-assisted": ("gamma",), "hf-lookup": ("gamma",), "llamacpp-server": (),
+         "llamacpp-spec": ("gamma",)}
 _DEFAULT_GAMMA = {"hf-heuristic": 5, "hf-confidence": 20, "p-min": 16}  # fixed has none: it needs one
 _DEFAULT_P_MIN = 0.75
 
@@ -156,7 +157,7 @@ class ControllerSpec:
     @property
     def uses_draft(self) -> bool:
         """Whether it needs a draft model loaded (only the target alone does not)."""
-        return self.name not in ("autoregressive", "hf-lookup")
+        return self.name not in ("autoregressive", "hf-lookup", "llamacpp-server")
 
     @property
     def replay_only(self) -> bool:

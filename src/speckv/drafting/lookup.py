@@ -105,9 +105,15 @@ class LookupDrafter:
 
     def propose(self, ids: list[int], budget: int, controller: Controller, config, generator,
                 stop_ids: frozenset[int]) -> Draft:
+        """Lookup's offer, drafted if the controller chooses it (as in a hybrid step; the only
+        other choice here is drafting nothing)."""
         t0 = time.perf_counter()
         offer = self.offer(ids, budget)
-        return base.offered(offer, budget, controller, stop_ids, "lookup", (time.perf_counter() - t0) * 1000)
+        t1 = time.perf_counter()
+        choice = controller.choose(tuple(p.signals for p in offer)) if offer else "none"
+        draft = base.offered(offer if choice == "lookup" else [], budget, controller, stop_ids, "lookup", (t1 - t0) * 1000)
+        draft.control_ms += (time.perf_counter() - t1) * 1000
+        return draft
 
     def rollback(self, length: int) -> None:
         """Nothing cached."""

@@ -20,6 +20,7 @@ from speckv.drafting.lookup import LookupSource
 from speckv.measure.latency import forward_ms
 
 CONTEXTS = (64, 512)
+SHAPE_CONTEXT, SHAPE_TOKENS = 300, tuple(range(1, 18))  # every verification a draft of up to 16 tokens asks for
 OVERHEAD_MS = (1.0, 0.0)  # per step outside forwards: what full calibrations here measured (0.6-1.4 ms)
 
 
@@ -56,5 +57,7 @@ def probe(target: Runner, draft: Runner | None, meta: dict | None = None) -> Cos
         slope = max(0.0, (per_token[CONTEXTS[1]] - per_token[CONTEXTS[0]]) / (CONTEXTS[1] - CONTEXTS[0]) * 1000)
         draft_line = (0.0, max(0.0, per_token[CONTEXTS[0]] - slope * CONTEXTS[0] / 1000), slope)
     prefill = (verify[0], verify[1] * 1000)  # the line at n = prompt length: pessimistic (prefill batches better)
-    return CostModel(draft_line, tuple(verify), OVERHEAD_MS, prefill,
+    cost = CostModel(draft_line, tuple(verify), OVERHEAD_MS, prefill,
                      {"calibrated": "probe", "threads": target.threads, **(meta or {})}, lookup_ms())
+    # Kernels chosen by batch size make the cost of n tokens jagged: measure every n a draft can ask for.
+    return cost.with_shape(forward_ms(target, context=SHAPE_CONTEXT, new_tokens=SHAPE_TOKENS, repeats=2), SHAPE_CONTEXT)

