@@ -47,7 +47,7 @@ class ScaledCostAware(CostAware):
     def budget(self) -> int:
         gamma = super().budget()
         if gamma:
-            self.threshold *= self.scale
+            self.rate *= self.scale  # keep drafting while S p > rate x marginal cost
         return gamma
 
 
