@@ -101,9 +101,9 @@ def pick_backend(backend: str = "auto", device: str = "auto", models: tuple[str 
     gguf = all(m in BUILTIN or str(m).endswith(".gguf") for m in models if m)
     if backend == "auto":
         return "llamacpp" if dev.type == "cpu" and llamacpp.available() and gguf and not torch_only else "torch"
-    if backend == "llamacpp" and torch_only:
-        raise SpeckvError(f"{torch_only} needs the transformers backend (--backend torch)")
     if backend == "llamacpp":
+        if torch_only:
+            raise SpeckvError(f"{torch_only} needs the transformers backend (--backend torch)")
         llamacpp.lib()
         if dev.type != "cpu":
             raise SpeckvError(f"the llama.cpp backend runs on the CPU here (got --device {device}); use --backend torch")
@@ -149,12 +149,12 @@ def load_model(name_or_path: str, compression: str | None = "bf16", device: str 
 
 def _load_llamacpp(name_or_path: str, level: str) -> LoadedModel:
     from speckv.backends.llamacpp import LlamaRunner
-    from speckv.models.provision import gguf_tokenizer, gguf_variant
+    from speckv.models.provision import gguf_path, gguf_tokenizer, gguf_variant
 
     if level == "native" and name_or_path in BUILTIN:
         level = "q4_k_m"  # what the built-in files are: one name for one setup
     path = gguf_variant(name_or_path, level)
-    tokenizer = gguf_tokenizer(path if level == "native" else gguf_variant(name_or_path, "native"))
+    tokenizer = gguf_tokenizer(gguf_path(name_or_path))  # the original file's: variants share it
     return LoadedModel(name=name_or_path, path=path, model=LlamaRunner(path, exact=level == "f32"), tokenizer=tokenizer,
                        compression=level)
 

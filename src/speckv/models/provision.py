@@ -12,6 +12,7 @@ size and mtime in a side file), so a damaged weight file is rebuilt instead of l
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -330,6 +331,21 @@ def gguf_path(name_or_path: str) -> Path:
     return dest
 
 
+def _gguf_stem(source: Path) -> str:
+    """How the cache names what it derives from a GGUF (its variants, its tokenizer): a built-in
+    model's joined file by its name, any other file by name and content hash."""
+    stat = source.stat()
+    return _hashed_stem(source, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _hashed_stem(source: Path, size: int, mtime_ns: int) -> str:
+    """Keyed by the file's size and mtime too: a file is hashed once per version, not per lookup."""
+    if source.parent == _models_dir() / "gguf":
+        return source.stem
+    return f"{source.stem}-{_sha256(source)[:12]}"
+
+
 def gguf_variant(name_or_path: str, level: str) -> Path:
     """The GGUF at a llama.cpp level: the file as it is for `native` (and for a built-in model's
     own Q4_K_M), else made once with llama.cpp's quantizer beside it in the cache."""
@@ -339,8 +355,7 @@ def gguf_variant(name_or_path: str, level: str) -> Path:
     if level == llamacpp.NATIVE or (name_or_path in BUILTIN and level == "q4_k_m"):
         return source
     directory = ensure_dir(_models_dir() / "gguf")
-    stem = name_or_path if name_or_path in BUILTIN else f"{source.stem}-{_sha256(source)[:12]}"
-    dest = directory / f"{stem}-{level}.gguf"
+    dest = directory / f"{_gguf_stem(source)}-{level}.gguf"
     if dest.is_file():
         return dest
     with wait_lock(directory / f".{dest.stem}.lock", f"making {dest.name}"):
@@ -356,8 +371,7 @@ def gguf_tokenizer(gguf: Path):
     Hugging Face tokenizer directory beside the file so later loads take a moment."""
     from transformers import AutoTokenizer
 
-    dest = gguf.parent / f"{gguf.stem}.tokenizer" if gguf.parent == _models_dir() / "gguf" else \
-        ensure_dir(_models_dir() / "gguf") / f"{gguf.stem}-{_sha256(gguf)[:12]}.tokenizer"
+    dest = ensure_dir(_models_dir() / "gguf") / f"{_gguf_stem(gguf)}.tokenizer"
     if not (dest / "tokenizer_config.json").is_file():
         with wait_lock(dest.parent / f".{dest.name}.lock", f"reading the tokenizer of {gguf.name}"):
             clean_stale(dest.parent, f".{dest.name}.")
