@@ -49,5 +49,27 @@ def main() -> None:
             print(path.relative_to(ROOT), "lookup weights", [round(w, 3) for w in lookup])
 
 
+def ship_heterospec() -> None:
+    """HeteroSpec's strata per target level, from the same training traces re-drafted by the bf16
+    draft (one teacher-forced pass each: the traces predate the top-K entropy signal); the NF4
+    draft reuses them like cost-aware's acceptance model does."""
+    from speckv.control.train import train_heterospec
+    from speckv.measure.trace import redraft
+    from speckv.models.load import load_model
+    from speckv.models.registry import DEFAULT_DRAFT
+
+    draft = load_model(DEFAULT_DRAFT, "bf16", "cpu", "torch").runner
+    for level in ("bf16", "int8", "nf4"):
+        traces = [redraft(t, draft, draft.vocab) for t in load_traces(EVAL / "traces" / "train" / level)]
+        setup = replace(PAIR, compression=level)
+        trained = train_heterospec(traces, setup)
+        for draft_level in ("bf16", "nf4"):
+            art = Artifact("heterospec", replace(setup, draft_compression=draft_level), trained.features, trained.params,
+                           {**trained.trained_on, "source": "benchmarks/results/eval_qwen (training split), re-drafted by the bf16 draft"})
+            path = art.save(shipped_path("heterospec", art.setup))
+            print(path.relative_to(ROOT), "edges", [round(e, 2) for e in trained.params["edges"]])
+
+
 if __name__ == "__main__":
     main()
+    ship_heterospec()

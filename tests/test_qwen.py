@@ -101,3 +101,27 @@ def test_replay_equals_live_in_float32():
             replayed = replay(trace, make_controller(spec, dec.setup), drafter=str(dec.drafter))
             assert [(s.budget, s.drafted, s.accepted, s.drafter) for s in replayed] == \
                 [(s.budget, s.drafted, s.accepted, s.drafter) for s in live.steps], (p.id, spec)
+
+
+def test_tree_decoding_is_lossless(qwen_fp32):
+    """float32 target, tree controllers (beam and re-ranked): the target's greedy tokens, with trees
+    really drafted and at least one accepted path through a sibling that was not the draft's first."""
+    from speckv.engine.sampling import accept_tree_greedy
+
+    dec = speckv.Decoder(qwen_fp32.target, qwen_fp32.draft, "auto", drafter="model")
+    side = []
+
+    def spy(logits, tokens, parents, **kw):
+        v = accept_tree_greedy(logits, tokens, parents)
+        side.extend(n for n in v.path if parents.index(parents[n]) != n)
+        return v
+
+    dec.engine.tree_acceptance = spy
+    for p in spec_bench(["coding", "writing"], 1):
+        ids = dec.encode(p.text)
+        want = dec.generate(ids, controller="autoregressive", max_new_tokens=40).token_ids
+        for spec in ("tree:depth=5,nodes=16,width=4", "tree:depth=6,nodes=20,width=4,rerank"):
+            got = dec.generate(ids, controller=spec, max_new_tokens=40)
+            assert got.token_ids == want, (p.id, spec)
+            assert any(s.tree_depth > 1 for s in got.steps) and got.stats.mean_accepted > 0.5
+    assert side, "no accepted path went through a non-first sibling"

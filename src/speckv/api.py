@@ -85,6 +85,15 @@ def _checked_controller(controller):
     return controller
 
 
+def _tree_needs_model(controller, has_model: bool) -> None:
+    """Tree controllers grow trees from a draft model: refuse one without it, before any load."""
+    trees = controller.trees if isinstance(controller, Controller) else ControllerSpec.parse(controller).trees
+    if trees and not has_model:
+        name = getattr(controller, "name", controller)
+        raise SpeckvError(f"controller {name} drafts token trees from a draft model; this run loads none "
+                          "(give --draft, and --drafter model or hybrid)")
+
+
 def _check_tokenizers(target: LoadedModel, draft: LoadedModel) -> None:
     if target.tokenizer.get_vocab() != draft.tokenizer.get_vocab():
         raise SpeckvError(
@@ -123,6 +132,7 @@ class Decoder:
                            getattr(draft.model, "requested", None) if uses_model else None, target.backend)
         if controller is None:
             controller = "auto" if source else "autoregressive"
+        self._warned = False
         if probe and source is not None and not cost_path(self.setup).is_file():
             self._probe_costs()
         #: the default policy: a template, each run gets a deep copy (runs never share its state)
@@ -150,6 +160,13 @@ class Decoder:
             controller = make_controller(controller, self.setup)
         if controller.uses_draft and self.engine.draft is None:
             raise SpeckvError(f"controller {controller.name} needs a draft model (or --drafter lookup)")
+        _tree_needs_model(controller, self.setup.draft != "-")
+        if controller.trees and not (self.target.runner.trees and self.draft.runner.trees) and not self._warned:
+            import sys
+
+            self._warned = True  # once per Decoder: the server builds a controller per request
+            print(f"speckv: warning: {self.target.backend} takes no tree attention mask here; "
+                  f"{controller.name} drafts chains of its depth instead", file=sys.stderr)
         return controller
 
     def _run_controller(self, controller: str | Controller | None) -> Controller:
@@ -331,6 +348,7 @@ def load(
     GGUF as it is). Losslessness is relative to the compressed target."""
     if controller is not None:
         _checked_controller(controller)  # fail on a bad controller before loading gigabytes
+        _tree_needs_model(controller, bool(draft) and parse_drafter(drafter).resolve(bool(draft)).needs_model)
     backend = pick_backend(backend, device, (target, draft),  # an unknown device or backend fails before loading too
                            "draft_vocab (a reduced draft head)" if draft_vocab is not None else None)
     if not parse_drafter(drafter).resolve(draft is not None).needs_model:

@@ -14,6 +14,7 @@ class TokenSignals:
     top1: float  # probability of the most likely token
     margin: float  # top-1 minus top-2 probability
     match_len: int = 0  # prompt lookup: length of the matched n-gram (0: a model's proposal)
+    topk_entropy: float = 0.0  # a model's: entropy (nats) of its top-10 probabilities renormalized (HeteroSpec)
 
 
 @dataclass(slots=True)
@@ -29,6 +30,7 @@ class StepRecord:
     verify_ms: float = 0.0  # the target's single verification forward
     control_ms: float = 0.0  # time spent inside controller calls
     drafter: str = ""  # which proposer drafted this step: "model", "lookup" ("": none)
+    tree_depth: int = 0  # tree steps: levels of the draft tree (`drafted` counts its nodes); 0: a chain
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -7,6 +7,11 @@ Invariants:
   of them over ids 0..vocab-1, on the runner's device; `truncate(n)` forgets all but the first n.
 - Sequences of one Runner never share state, so suspended runs interleave freely. `close()`
   hands a sequence's resources back (a llama.cpp context); a closed sequence is not used again.
+- Trees (runners with `trees`): `forward(tokens, rows, vocab, parents)` appends token-tree entries,
+  `parents[i]` the cache index of entry i's parent (None: a committed token continuing the chain,
+  allowed only before any tree entry). An entry attends to its ancestors and the committed prefix
+  and sits at its parent's position + 1. `compact(length, path)` keeps the first `length` entries
+  and one path of tree entries, which become committed; `truncate` below the tree drops it.
 - Above this line nothing knows which library runs the model: drafters, controllers, replay,
   probes and traces all go through these calls (backends/hf.py: transformers; backends/llamacpp.py:
   llama.cpp through llama-cpp-python).
@@ -26,6 +31,9 @@ class Sequence(Protocol):
     def forward(self, tokens: list[int], rows: int, vocab: int) -> torch.Tensor:
         """Append tokens; float32 logits (rows x vocab) of the last `rows` of them."""
 
+    def compact(self, length: int, path: list[int]) -> None:
+        """Keep the first `length` entries, then the tree entries at `path` (trees only)."""
+
     def truncate(self, length: int) -> None:
         """Keep the first `length` cached tokens (no-op when it holds fewer)."""
 
@@ -41,6 +49,7 @@ class Runner(Protocol):
     vocab: int  # rows of the LM head (often padded past the tokenizer's vocabulary)
     max_context: int
     threads: int
+    trees: bool  # whether sequences take `parents` (a custom attention mask)
 
     def sequence(self) -> Sequence:
         """An empty cache for one run."""
@@ -54,3 +63,17 @@ def sync_for(device: torch.device):
     if device.type == "cuda":
         return torch.cuda.synchronize
     return lambda: None
+
+
+def check_parents(parents: list[int | None], base: int, has_branch: bool) -> None:
+    """Parents must point backwards, to the cache or to earlier entries of the same call, and
+    committed (None) entries may not follow tree entries: a bug here would corrupt the cache."""
+    tree = has_branch
+    for i, parent in enumerate(parents):
+        if parent is None:
+            if tree:
+                raise ValueError("a committed token cannot follow tree entries (compact first)")
+        else:
+            tree = True
+            if not 0 <= parent < base + i:
+                raise ValueError(f"tree entry {base + i} has parent {parent}: parents must come before their children")

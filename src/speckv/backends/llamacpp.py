@@ -172,6 +172,7 @@ class LlamaRunner:
 
     backend = "llamacpp"
     device = torch.device("cpu")
+    trees = False  # one sequence per context here: tree steps fall back to chains (benchmarks/tree_costs.py)
 
     def __init__(self, path: Path, threads: int | None = None, context: int = DEFAULT_CONTEXT, exact: bool = False):
         self.lib = L = lib()

@@ -26,7 +26,7 @@ from speckv.bench.side_by_side import hf_settings, run_method
 from speckv.control import cost_path
 from speckv.control.artifact import Setup, default_path
 from speckv.control.spec import ControllerSpec
-from speckv.control.train import train_cost_aware, train_speckv
+from speckv.control.train import train_cost_aware, train_heterospec, train_speckv
 from speckv.data.prompts import Prompt
 from speckv.data.tasks import DEFAULT_TASKS, TASKS, split
 from speckv.errors import SpeckvError
@@ -202,6 +202,10 @@ def train(config: EvalConfig, out: Path, levels: tuple[str, ...] | None = None) 
         art = train_cost_aware(traces[level], setup, CostModel.load(cost_path(setup)))
         written.append(art.save(default_path("cost-aware", setup)))
         art.save(out / "controllers" / default_path("cost-aware", setup).name)
+        if all(any(s.topk_entropy for s in t.signals) for t in traces[level]):  # traces since trees
+            art = train_heterospec(traces[level], setup)
+            written.append(art.save(default_path("heterospec", setup)))
+            art.save(out / "controllers" / default_path("heterospec", setup).name)
     everything = [t for ts in traces.values() for t in ts]
     for art in train_speckv(everything, [config.setup(level) for level in levels]):
         written.append(art.save(default_path("speckv", art.setup)))
@@ -232,8 +236,8 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
     runs, steps = [], []
     for spec in (*config.baselines, *config.controllers):
         parsed = _spec(spec)
-        if parsed.external:
-            continue  # transformers' loop cannot be replayed
+        if not parsed.replayable:
+            continue  # transformers' and llama-server's loops, and trees, run live only
         drafter = config.drafter
         controller = oracle(trace, cost, drafter) if parsed.replay_only else dec.make_controller(parsed)
         t0 = time.perf_counter()
@@ -271,7 +275,7 @@ def unit_done(out: Path, level: str, prompt_id: str, config: EvalConfig, live: b
     if not path.is_file():
         return False
     runs = read_parquet(path, ("mode", "controller"), "evaluation runs")
-    wanted = {("replay", c) for c in (*config.baselines, *config.controllers) if not _spec(c).external}
+    wanted = {("replay", c) for c in (*config.baselines, *config.controllers) if _spec(c).replayable}
     if live:
         wanted |= {("live", c) for c in (*config.baselines, *config.controllers) if not _spec(c).replay_only}
     missing = sorted(wanted - set(zip(runs["mode"], runs["controller"])))

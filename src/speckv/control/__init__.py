@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from speckv.control import cost_aware, speckv_mlp
+from speckv.control import cost_aware, heterospec, speckv_mlp
 from speckv.control.artifact import Artifact, Setup, default_path, load_artifact, shipped_path
 from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.control.cost_aware import AcceptanceModel, CostAware, LookupAcceptance
 from speckv.control.fixed import Autoregressive, Fixed
+from speckv.control.cost_tree import CostTree
+from speckv.control.heterospec import HeteroSpec
+from speckv.control.tree import FixedTree
 from speckv.control.hf import HfConfidence, HfHeuristic
 from speckv.control.pmin import PMin
 from speckv.control.speckv_mlp import SpeckvMLP
@@ -44,18 +47,34 @@ def _artifact(kind: str, features: list[str], path: Path | None, setup: Setup | 
     return load_artifact(path, kind, features, setup)
 
 
-def cost_aware_from(art: Artifact, name: str = "cost-aware", cost: CostModel | None = None) -> CostAware:
-    """A CostAware from an artifact; `cost` (this machine's, when measured) replaces the one it was
-    trained with."""
+def cost_aware_from(art: Artifact, name: str = "cost-aware", cost: CostModel | None = None,
+                    kind: type[CostAware] = CostAware) -> CostAware:
+    """A CostAware (or CostTree) from an artifact; `cost` (this machine's, when measured) replaces
+    the one it was trained with."""
     p = art.params
     lookup = LookupAcceptance(tuple(p["lookup_weights"])) if "lookup_weights" in p else LookupAcceptance()
-    return CostAware(AcceptanceModel(tuple(p["weights"]), p["prior"]), cost or CostModel.from_dict(p["cost"]),
+    return kind(AcceptanceModel(tuple(p["weights"]), p["prior"]), cost or CostModel.from_dict(p["cost"]),
                      p["max_gamma"], name=name, lookup=lookup)
+
+
+def heterospec_from(art: Artifact) -> HeteroSpec:
+    p = art.params
+    return HeteroSpec(p["edges"], p["depth"], p["nodes"], p["width"], tuple(p["gammas"]))
 
 
 def speckv_from(art: Artifact) -> SpeckvMLP:
     p = art.params
     return SpeckvMLP(p["hidden"], p["hidden_bias"], p["out"], p["out_bias"], art.setup.compression, tuple(p["gammas"]))
+
+
+def _best_cost_aware(setup: Setup | None, name: str, kind: type[CostAware] = CostAware) -> CostAware:
+    """Trained here (speckv train) > shipped for the built-in pair > untrained."""
+    if setup is not None and default_path("cost-aware", setup).is_file():
+        return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, None, setup), name, kind=kind)
+    full = _shipped_setup(setup) if setup is not None else None
+    if full is not None and (path := shipped_path("cost-aware", full)).is_file():
+        return cost_aware_from(load_artifact(path, "cost-aware", cost_aware.FEATURES, full), name, _cost_for(setup), kind)
+    return kind(cost=_cost_for(setup), name=name)
 
 
 def _shipped_setup(setup: Setup) -> Setup:
@@ -79,6 +98,15 @@ def make_controller(spec: str | ControllerSpec, setup: Setup | None = None) -> C
     name = spec.name
     if name == "fixed":
         return Fixed(spec.gamma)
+    if name == "tree":
+        shape = spec.shape
+        return FixedTree(shape.depth, shape.nodes, shape.width, shape.rerank)
+    if name == "heterospec":  # the given file > trained here > shipped for the built-in pair
+        if spec.artifact is None and setup is not None and not default_path("heterospec", setup).is_file():
+            full = _shipped_setup(setup)
+            if (path := shipped_path("heterospec", full)).is_file():
+                return heterospec_from(load_artifact(path, "heterospec", heterospec.FEATURES, full))
+        return heterospec_from(_artifact("heterospec", heterospec.FEATURES, spec.artifact, setup))
     if name == "autoregressive":
         return Autoregressive()
     if name == "hf-heuristic":
@@ -91,13 +119,12 @@ def make_controller(spec: str | ControllerSpec, setup: Setup | None = None) -> C
         return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, spec.artifact, setup))
     if name == "speckv":
         return speckv_from(_artifact("speckv", speckv_mlp.FEATURES, spec.artifact, setup))
-    if name == "auto":  # trained here (speckv train) > shipped for the built-in pair > untrained
-        if setup is not None and default_path("cost-aware", setup).is_file():
-            return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, None, setup), name="auto")
-        full = _shipped_setup(setup) if setup is not None else None
-        if full is not None and (path := shipped_path("cost-aware", full)).is_file():
-            return cost_aware_from(load_artifact(path, "cost-aware", cost_aware.FEATURES, full), "auto", _cost_for(setup))
-        return CostAware(cost=_cost_for(setup), name="auto")
+    if name == "auto":
+        return _best_cost_aware(setup, "auto")
+    if name == "cost-tree":
+        if spec.artifact is not None:
+            return cost_aware_from(_artifact("cost-aware", cost_aware.FEATURES, spec.artifact, setup), "cost-tree", kind=CostTree)
+        return _best_cost_aware(setup, "cost-tree", CostTree)
     raise AssertionError(f"ControllerSpec.parse admitted {spec!r}, which make_controller cannot build")
 
 

@@ -4,7 +4,7 @@ Every place that takes a spec string (make_controller, speckv.load, the CLI, the
 bench methods, eval's controllers and baselines) parses it with `ControllerSpec.parse` and then
 reads typed fields and flags; nothing else splits a spec on ':' or compares its name.
 
-Forms: auto, autoregressive, fixed:N, hf-heuristic[:N], hf-confidence[:N], p-min[:N[:P]],
+Forms: auto, autoregressive, fixed:N, tree[:depth=D,nodes=N,width=W,rerank], heterospec[:ARTIFACT], cost-tree[:ARTIFACT], hf-heuristic[:N], hf-confidence[:N], p-min[:N[:P]],
 cost-aware[:ARTIFACT], speckv[:ARTIFACT], oracle (replay only) and, where a caller allows it,
 hf-assisted[:N] (transformers' own assisted generation) and hf-lookup[:N] (transformers' prompt
 lookup, `prompt_lookup_num_tokens`): bench/eval methods, not our engine.
@@ -20,18 +20,64 @@ from pathlib import Path
 from speckv.errors import SpeckvError
 
 MAX_GAMMA = 32
-NAMES = ("auto", "fixed:N", "autoregressive", "hf-heuristic[:N]", "hf-confidence[:N]", "p-min[:N[:P]]",
+NAMES = ("auto", "fixed:N", "tree[:depth=D,nodes=N,width=W,rerank]", "heterospec[:ARTIFACT]", "cost-tree[:ARTIFACT]", "autoregressive", "hf-heuristic[:N]", "hf-confidence[:N]", "p-min[:N[:P]]",
          "cost-aware[:ARTIFACT]", "speckv[:ARTIFACT]", "oracle (replay only)")
 METHODS = ("hf-assisted[:N]", "hf-lookup[:N]", "llamacpp-server", "llamacpp-spec[:N]")  # not controllers: what bench and eval also run
 EXTERNAL = ("hf-assisted", "hf-lookup", "llamacpp-server", "llamacpp-spec")  # transformers' and llama-server's own loops
 
 #: the typed arguments each name takes (ControllerSpec field names)
-_ARGS = {"auto": (), "autoregressive": (), "oracle": (), "fixed": ("gamma",), "hf-heuristic": ("gamma",),
+_ARGS = {"auto": (), "autoregressive": (), "oracle": (), "fixed": ("gamma",), "tree": ("shape",), "heterospec": ("artifact",), "cost-tree": ("artifact",), "hf-heuristic": ("gamma",),
          "hf-confidence": ("gamma",), "p-min": ("gamma", "p_min"), "cost-aware": ("artifact",),
          "speckv": ("artifact",), "hf-assisted": ("gamma",), "hf-lookup": ("gamma",), "llamacpp-server": (),
          "llamacpp-spec": ("gamma",)}
 _DEFAULT_GAMMA = {"hf-heuristic": 5, "hf-confidence": 20, "p-min": 16}  # fixed has none: it needs one
 _DEFAULT_P_MIN = 0.75
+MAX_NODES = 128  # tree nodes verified in one target forward
+MAX_WIDTH = 16
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """A draft tree's bounds: levels, nodes verified, nodes kept per level, EAGLE-2 re-ranking."""
+
+    depth: int = 5
+    nodes: int = 16
+    width: int = 4
+    rerank: bool = False
+
+    def __post_init__(self) -> None:
+        for name, value, top in (("depth", self.depth, MAX_GAMMA), ("nodes", self.nodes, MAX_NODES),
+                                 ("width", self.width, MAX_WIDTH)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise SpeckvError(f"controller tree: {name} {value!r} is not an integer")
+            if not 1 <= value <= top:
+                raise SpeckvError(f"controller tree: {name}={value} is out of range [1, {top}]")
+        if self.nodes < self.depth:
+            raise SpeckvError(f"controller tree: nodes={self.nodes} < depth={self.depth} (a tree of depth "
+                              f"{self.depth} needs at least {self.depth} nodes)")
+        if self.width > self.nodes:
+            raise SpeckvError(f"controller tree: width={self.width} > nodes={self.nodes}")
+
+    @classmethod
+    def parse(cls, arg: str) -> TreeShape:
+        """`depth=D,nodes=N,width=W,rerank` in any order, each optional."""
+        values: dict[str, object] = {}
+        for item in filter(None, (part.strip() for part in arg.split(","))):
+            key, eq, value = item.partition("=")
+            if key == "rerank" and not eq:
+                values["rerank"] = True
+            elif key in ("depth", "nodes", "width") and eq:
+                values[key] = _int_arg("tree", value)
+            else:
+                raise SpeckvError(f"controller tree: {item!r} is not one of depth=D, nodes=N, width=W, rerank")
+        if "nodes" not in values and "depth" in values:  # enough nodes for the depth asked for
+            values["nodes"] = max(cls.nodes, values["depth"])
+        if "width" not in values and "nodes" in values:
+            values["width"] = min(cls.width, values["nodes"])
+        return cls(**values)
+
+    def __str__(self) -> str:
+        return f"depth={self.depth},nodes={self.nodes},width={self.width}" + (",rerank" if self.rerank else "")
 
 
 def _unknown(text: object, external: bool) -> SpeckvError:
@@ -76,12 +122,14 @@ class ControllerSpec:
     p_min: float | None = None
     #: cost-aware, speckv: an explicit artifact file (None: the one `speckv train` made for the setup)
     artifact: Path | None = None
+    #: tree: the draft tree's shape
+    shape: TreeShape | None = None
 
     def __post_init__(self) -> None:
         name = self.name
         if name not in _ARGS:
             raise _unknown(name, external=True)
-        given = [f for f in ("gamma", "p_min", "artifact") if getattr(self, f) is not None]
+        given = [f for f in ("gamma", "p_min", "artifact", "shape") if getattr(self, f) is not None]
         if any(f not in _ARGS[name] for f in given):
             raise SpeckvError(f"controller {name} takes no argument" if not _ARGS[name]
                               else f"controller {name} takes only {' and '.join(_ARGS[name])} (got {self!r})")
@@ -105,6 +153,8 @@ class ControllerSpec:
             object.__setattr__(self, "p_min", float(p))
         if self.artifact is not None:
             object.__setattr__(self, "artifact", Path(self.artifact))
+        if name == "tree" and self.shape is None:
+            object.__setattr__(self, "shape", TreeShape())
 
     @classmethod
     def parse(cls, text: str | ControllerSpec, *, allow_replay_only: bool = False,
@@ -133,8 +183,10 @@ class ControllerSpec:
             return cls(name)
         if not _ARGS[name]:
             raise SpeckvError(f"controller {name} takes no argument")
-        if name in ("cost-aware", "speckv"):
+        if name in ("cost-aware", "speckv", "heterospec", "cost-tree"):
             return cls(name, artifact=Path(arg))
+        if name == "tree":
+            return cls(name, shape=TreeShape.parse(arg))
         if name in EXTERNAL:
             if not (arg.isdigit() and 1 <= int(arg) <= MAX_GAMMA):
                 raise _hf_assisted_range(text)
@@ -152,12 +204,25 @@ class ControllerSpec:
             return f"{self.name}:{self.gamma}"
         if self.artifact is not None:
             return f"{self.name}:{self.artifact}"
+        if self.shape is not None:
+            return f"{self.name}:{self.shape}"
         return self.name
 
     @property
     def uses_draft(self) -> bool:
         """Whether it needs a draft model loaded (only the target alone does not)."""
         return self.name not in ("autoregressive", "hf-lookup", "llamacpp-server")
+
+    @property
+    def trees(self) -> bool:
+        """Drafts token trees (needs a draft model on a backend that verifies trees)."""
+        return self.name in ("tree", "heterospec", "cost-tree")
+
+    @property
+    def replayable(self) -> bool:
+        """Runs in trace replay: not an external loop, and not a tree policy (a tree's off-path
+        branches need draft distributions a trace does not hold): those are evaluated live only."""
+        return not self.external and not self.trees
 
     @property
     def replay_only(self) -> bool:
@@ -174,4 +239,4 @@ class ControllerSpec:
     def needs_artifact(self) -> bool:
         """Needs a trained artifact: the given file, or the setup's from `speckv train` (auto only
         uses one when present)."""
-        return self.name in ("cost-aware", "speckv")
+        return self.name in ("cost-aware", "speckv", "heterospec")

@@ -92,3 +92,43 @@ def train_speckv(traces: list[Trace], setups: list[Setup]) -> list[Artifact]:
     params = {"hidden": mlp.coefs_[0].tolist(), "hidden_bias": mlp.intercepts_[0].tolist(),
               "out": mlp.coefs_[1][:, 0].tolist(), "out_bias": float(mlp.intercepts_[1][0]), "gammas": [2, 4, 6, 8]}
     return [Artifact("speckv", s, speckv_mlp.FEATURES, params, _trained_on(traces)) for s in setups]
+
+
+def heterospec_table(traces: list[Trace], depth: int, cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """HeteroSpec's training pairs from on-path positions: x = the draft's cumulative top-K entropy
+    over the `depth` positions from t (the spine a tree would grow if the draft followed the target),
+    y = the run of accepted draft tokens from t, capped at `cap` (the deepest tree)."""
+    x, y = [], []
+    for tr in traces:
+        ent = np.array([s.topk_entropy for s in tr.signals])
+        match = np.array(tr.matches, bool)
+        if not ent.any():
+            raise SpeckvError("traces lack the draft's top-K entropy (collected before it was recorded): "
+                              "recollect them with `speckv trace`")
+        run = np.zeros(len(match) + 1, int)
+        for t in range(len(match) - 1, -1, -1):
+            run[t] = run[t + 1] + 1 if match[t] else 0
+        for t in range(len(match) - depth):
+            x.append(ent[t:t + depth].sum())
+            y.append(min(run[t], cap))
+    return np.array(x).reshape(-1, 1), np.array(y, float)
+
+
+def train_heterospec(traces: list[Trace], setup: Setup, depth: int = 5, nodes: int = 16, width: int = 4) -> Artifact:
+    """The strata: leaves of a depth-3 regression tree of accepted length on H (8 intervals)."""
+    from sklearn.tree import DecisionTreeRegressor
+
+    from speckv.control import heterospec
+
+    alpha = -(-depth // 2)
+    x, y = heterospec_table(traces, depth, depth + alpha)
+    if len(y) < 100:
+        raise SpeckvError(f"too few positions ({len(y)}) in the training traces to fit HeteroSpec's strata")
+    reg = DecisionTreeRegressor(max_depth=3, min_samples_leaf=max(20, len(y) // 100), random_state=0).fit(x, y)
+    edges = sorted(float(t) for t, f in zip(reg.tree_.threshold, reg.tree_.feature) if f >= 0)
+    bins = np.searchsorted(edges, x[:, 0], side="right")
+    strata = [{"share": float((bins == i).mean()), "mean_accepted": float(y[bins == i].mean()) if (bins == i).any() else None}
+              for i in range(len(edges) + 1)]
+    params = {"edges": edges, "depth": depth, "nodes": nodes, "width": width, "gammas": list(heterospec.GAMMAS),
+              "strata": strata}
+    return Artifact("heterospec", setup, heterospec.FEATURES, params, _trained_on(traces))

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from speckv.control.base import Controller
+from speckv.drafting.tree import Tree
 from speckv.records import TokenSignals
 
 
@@ -38,6 +39,12 @@ class Draft:
     draft_ms: float = 0.0  # inside the proposer (model forwards, sampling, lookups)
     control_ms: float = 0.0  # inside controller.keep_drafting (and choose)
     source: str = ""  # the proposer that drafted: "model", "lookup" ("": none)
+    tree: Tree | None = None  # a tree step's nodes (then `proposals` is empty); None: a chain
+
+    @property
+    def size(self) -> int:
+        """Tokens the target verifies beyond the root."""
+        return len(self.tree) if self.tree is not None else len(self.proposals)
 
     @property
     def tokens(self) -> list[int]:
@@ -71,8 +78,10 @@ class Drafter(Protocol):
                 stop_ids: frozenset[int]) -> Draft:
         """Draft up to `budget` tokens after `ids` through `draft_loop`."""
 
-    def rollback(self, length: int) -> None:
-        """Forget everything after the first `length` ids (the accepted prefix minus its last token)."""
+    def rollback(self, length: int, tree_path: list[int] | None = None) -> None:
+        """Forget everything after the first `length` ids (the accepted prefix minus its last token).
+        After a tree step, `tree_path` holds the accepted nodes (the cache keeps them without
+        recomputing)."""
 
     def close(self) -> None:
         """The run is over: hand back what the drafter holds (a draft model's cache)."""

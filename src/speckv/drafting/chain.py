@@ -1,4 +1,6 @@
-"""Chain drafting: the draft model proposes tokens one at a time with its own KV cache.
+"""Model drafting: the draft model proposes a chain, one token per forward, or (for a tree
+controller, on a backend that takes tree masks) a token tree, one forward per level
+(drafting/tree.py), with its own KV cache.
 
 A ChainDrafter is one run's draft state (ChainSource.new makes one per run), so runs that share
 a draft model never share, reset or crop each other's cache. Its draft loop is drafting.base's.
@@ -6,26 +8,34 @@ a draft model never share, reset or crop each other's cache. Its draft loop is d
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
 
 from speckv.backends import Runner, as_runner
 from speckv.control.base import Controller
-from speckv.drafting import base
+from speckv.drafting import base, tree
 from speckv.drafting.base import Draft, Proposal
 from speckv.engine.sampling import SamplingConfig
 from speckv.records import TokenSignals
 
 
+TOPK_ENTROPY_K = 10  # HeteroSpec's K: EAGLE's expansion top-k
+
+
 def batch_signals(logits: torch.Tensor) -> list[TokenSignals]:
-    """Entropy, top-1 probability and top-1 - top-2 margin of each row of logits."""
+    """Entropy, top-1 probability, top-1 - top-2 margin and the entropy of the renormalized top-10
+    probabilities of each row of logits."""
     logp = torch.log_softmax(logits, dim=-1)
     p = logp.exp()
     entropy = -(p * logp).sum(-1)
-    top = p.topk(2, dim=-1).values
-    rows = torch.stack([entropy, top[:, 0], top[:, 0] - top[:, 1]], dim=-1).tolist()
-    return [TokenSignals(*r) for r in rows]
+    top = p.topk(min(TOPK_ENTROPY_K, p.shape[-1]), dim=-1).values
+    q = top / top.sum(-1, keepdim=True)
+    topk_entropy = -(q * q.clamp_min(1e-30).log()).sum(-1)
+    margin = top[:, 0] - top[:, 1] if top.shape[-1] > 1 else top[:, 0]
+    rows = torch.stack([entropy, top[:, 0], margin, topk_entropy], dim=-1).tolist()
+    return [TokenSignals(e, t, m, 0, k) for e, t, m, k in rows]
 
 
 def token_signals(logits: torch.Tensor) -> TokenSignals:
@@ -58,7 +68,9 @@ class ChainDrafter:
     def __init__(self, model: Runner, vocab: int, sync):
         self.vocab = vocab
         self.sync = sync
+        self.trees = bool(getattr(model, "trees", False))
         self.cache = model.sequence()
+        self._grown: tuple[int, dict[int, int]] | None = None  # the last tree: cache length before it, node -> entry
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
         return self.cache.forward(tokens, 1, self.vocab)[0]
@@ -78,6 +90,8 @@ class ChainDrafter:
     ) -> Draft:
         """Draft up to `budget` tokens after `ids`, asking the controller after each one."""
         feed = ids[len(self.cache):]  # catch up on tokens the draft has not seen
+        if controller.trees and self.trees:
+            return self._tree(feed, budget, controller, stop_ids)
 
         def next_proposal() -> Proposal:
             nonlocal feed
@@ -93,8 +107,27 @@ class ChainDrafter:
 
         return base.draft_loop(next_proposal, budget, controller, stop_ids, self.sync)
 
-    def rollback(self, length: int) -> None:
-        """Drop cached positions beyond `length` (the accepted prefix minus its last token)."""
+    def _tree(self, feed: list[int], budget: int, controller: Controller, stop_ids: frozenset[int]) -> Draft:
+        """One tree step: catch up and read the root's logits, then one forward per level."""
+        t0 = time.perf_counter()
+        root = self._forward(feed)
+        base = len(self.cache)
+        grown = tree.grow(root, lambda toks, parents: self.cache.forward(toks, len(toks), self.vocab, parents),
+                          base, controller, budget, controller.rerank, batch_signals, stop_ids)
+        self.sync()
+        self._grown = (base, grown.cache_index)
+        draft = Draft(source="model", tree=grown.tree)
+        draft.draft_ms = (time.perf_counter() - t0) * 1000
+        return draft
+
+    def rollback(self, length: int, tree_path: list[int] | None = None) -> None:
+        """Drop cached positions beyond `length` (the accepted prefix minus its last token); after
+        a tree, first keep the accepted nodes the draft had forwarded."""
+        if self._grown is not None:
+            base, index = self._grown
+            self._grown = None
+            kept = [index[n] for n in (tree_path or []) if n in index]
+            self.cache.compact(base, kept)
         self.cache.truncate(length)
 
     def close(self) -> None:

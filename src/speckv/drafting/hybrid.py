@@ -69,8 +69,8 @@ class HybridDrafter:
         draft.control_ms += (t2 - t1) * 1000
         return draft
 
-    def rollback(self, length: int) -> None:
-        self.model.rollback(length)
+    def rollback(self, length: int, tree_path: list[int] | None = None) -> None:
+        self.model.rollback(length, tree_path)
 
     def close(self) -> None:
         self.model.close()

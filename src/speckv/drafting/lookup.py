@@ -115,7 +115,7 @@ class LookupDrafter:
         draft.control_ms += (time.perf_counter() - t1) * 1000
         return draft
 
-    def rollback(self, length: int) -> None:
+    def rollback(self, length: int, tree_path: list[int] | None = None) -> None:
         """Nothing cached."""
 
     def close(self) -> None:

@@ -20,7 +20,14 @@ import torch
 from speckv.backends import Runner, Sequence, as_runner, sync_for
 from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.drafting.base import Drafter, DraftSource
-from speckv.engine.sampling import SamplingConfig, accept_greedy, accept_speculative
+from speckv.drafting.tree import Tree
+from speckv.engine.sampling import (
+    SamplingConfig,
+    accept_greedy,
+    accept_speculative,
+    accept_tree_greedy,
+    accept_tree_speculative,
+)
 from speckv.errors import SpeckvError
 from speckv.records import StepRecord
 
@@ -36,7 +43,7 @@ class StepEvent:
 class Engine:
     """Speculative decoding for one target and an optional proposer that share a vocabulary."""
 
-    def __init__(self, target: Runner, draft: DraftSource | None = None, acceptance=None):
+    def __init__(self, target: Runner, draft: DraftSource | None = None, acceptance=None, tree_acceptance=None):
         self.target = target = as_runner(target)  # a transformers model is welcome too
         self.device = target.device
         self.sync = sync_for(self.device)
@@ -44,6 +51,7 @@ class Engine:
         self.vocab = min(target.vocab, (draft.vocab if draft is not None else None) or target.vocab)
         self.draft = draft
         self.acceptance = acceptance  # None: greedy or speculative sampling, by the config
+        self.tree_acceptance = tree_acceptance  # the same for trees
 
     def new_drafter(self) -> Drafter:
         """A drafter with empty state for one run (never shared between runs)."""
@@ -116,7 +124,7 @@ class Engine:
             # Never draft past the token limit: the last token always comes from the target.
             budget = max(0, min(controller.budget(), limit - produced - 1))
             control_ms = (time.perf_counter() - t0) * 1000
-            drafted, draft_probs, signals, draft_ms, source = [], None, [], 0.0, ""
+            drafted, draft_probs, signals, draft_ms, source, d = [], None, [], 0.0, "", None
             if budget:
                 if step == 0:  # the draft reads the prompt only for a controller that drafts at once:
                     t1 = time.perf_counter()  # one that starts with plain steps may never pay for it
@@ -125,18 +133,23 @@ class Engine:
                     prefill_ms += (time.perf_counter() - t1) * 1000
                 d = drafter.propose(ids, budget, controller, config, generator, stop_ids)
                 drafted, signals, draft_ms = d.tokens, d.signals, d.draft_ms
-                source = d.source if drafted else ""
+                if d.tree is not None:
+                    signals = [d.tree.signals[n] for n in d.tree.spine]
+                source = d.source if d.size else ""
                 control_ms += d.control_ms
-                if drafted and config.do_sample:
+                if drafted and config.do_sample:  # (a tree's candidates are deterministic)
                     draft_probs = d.probs(self.vocab, self.device)
 
             t1 = time.perf_counter()
-            logits = cache.forward(ids[len(cache):] + drafted, len(drafted) + 1, self.vocab)
+            if d is not None and d.tree is not None:
+                new, accepted, tree_path = self._verify_tree(ids, cache, d.tree, config, generator)
+            else:
+                logits = cache.forward(ids[len(cache):] + drafted, len(drafted) + 1, self.vocab)
+                verdict = accept(logits, drafted, draft_probs=draft_probs, config=config, generator=generator)
+                new, accepted, tree_path = drafted[: verdict.accepted] + [verdict.next_token], verdict.accepted, None
             self.sync()
             t2 = time.perf_counter()
-            verdict = accept(logits, drafted, draft_probs=draft_probs, config=config, generator=generator)
 
-            new = drafted[: verdict.accepted] + [verdict.next_token]
             finished = None
             for i, tok in enumerate(new):
                 if tok in stop_ids:
@@ -149,17 +162,30 @@ class Engine:
             # Roll both caches back to the accepted prefix (all of ids but its last token).
             cache.truncate(len(ids) - 1)
             if budget:
-                drafter.rollback(len(ids) - 1)
+                drafter.rollback(len(ids) - 1, tree_path)
 
             t3 = time.perf_counter()
-            controller.observe(StepOutcome(budget, len(drafted), verdict.accepted, tuple(signals), source))
+            size, depth = (len(d.tree), d.tree.depth()) if d is not None and d.tree is not None else (len(drafted), 0)
+            controller.observe(StepOutcome(budget, size, accepted, tuple(signals), source, depth))
             control_ms += (time.perf_counter() - t3) * 1000
             record = StepRecord(
-                step=step, context_len=len(ids) - len(new), budget=budget, drafted=len(drafted),
-                accepted=verdict.accepted, emitted=len(new), signals=signals,
-                draft_ms=draft_ms, verify_ms=(t2 - t1) * 1000, control_ms=control_ms, drafter=source,
+                step=step, context_len=len(ids) - len(new), budget=budget, drafted=size,
+                accepted=accepted, emitted=len(new), signals=signals,
+                draft_ms=draft_ms, verify_ms=(t2 - t1) * 1000, control_ms=control_ms, drafter=source, tree_depth=depth,
             )
             yield StepEvent(new, record, finished, prefill_ms if step == 0 else 0.0)
             if finished:
                 return
             step += 1
+
+    def _verify_tree(self, ids: list[int], cache: Sequence, tree: Tree, config: SamplingConfig, generator):
+        """One target forward over the root and every node under a tree mask; keep the accepted
+        path in the cache (compacted, not recomputed). Returns (new tokens, accepted, path)."""
+        base = len(ids)  # the root, ids[-1], becomes entry base - 1
+        feed = ids[len(cache):]
+        parents = [None] * len(feed) + [base - 1 if p < 0 else base + p for p in tree.parents]
+        logits = cache.forward(feed + tree.tokens, len(tree) + 1, self.vocab, parents)
+        accept = self.tree_acceptance or (accept_tree_speculative if config.do_sample else accept_tree_greedy)
+        verdict = accept(logits, tree.tokens, tree.parents, config=config, generator=generator)
+        cache.compact(base, [base + n for n in verdict.path])
+        return [tree.tokens[n] for n in verdict.path] + [verdict.next_token], len(verdict.path), verdict.path

@@ -92,3 +92,61 @@ def accept_speculative(
             dist = residual / total if total > 0 else p[n]
             return Verdict(n, int(torch.multinomial(dist, 1, generator=generator)))
     return Verdict(k, int(torch.multinomial(p[k], 1, generator=generator)))
+
+
+@dataclass(frozen=True, slots=True)
+class TreeVerdict:
+    path: list[int]  # accepted nodes, root's child first
+    next_token: int
+
+
+def accept_tree_greedy(target_logits: torch.Tensor, tokens: list[int], parents: list[int], **_) -> TreeVerdict:
+    """Row 0 is the root's logits, row 1 + i node i's. Follow the child equal to the target's argmax
+    while there is one."""
+    choice = target_logits.argmax(dim=-1).tolist()
+    kids = _children(parents)
+    path, node = [], -1
+    while True:
+        want = choice[node + 1]
+        nxt = next((c for c in kids.get(node, ()) if tokens[c] == want), None)
+        if nxt is None:
+            return TreeVerdict(path, want)
+        path.append(nxt)
+        node = nxt
+
+
+def accept_tree_speculative(target_logits: torch.Tensor, tokens: list[int], parents: list[int],
+                            config: SamplingConfig, generator: torch.Generator, **_) -> TreeVerdict:
+    """Recursive rejection over deterministic candidates (SpecInfer/EAGLE): at a node, try its
+    children in order, accepting child x with probability r(x) under the residual r (the target's
+    distribution with every rejected sibling's mass removed, renormalized); if all are rejected,
+    sample from the residual. With one-hot draft distributions this is exactly speculative sampling
+    applied candidate by candidate, so every emitted token is distributed as the target's."""
+    p = config.probs(target_logits)
+    kids = _children(parents)
+    path, node = [], -1
+    while True:
+        residual = p[node + 1].clone()
+        accepted = None
+        for c in kids.get(node, ()):
+            u = float(torch.rand((), generator=generator, device=p.device))
+            if u < float(residual[tokens[c]]):
+                accepted = c
+                break
+            residual[tokens[c]] = 0.0
+            total = residual.sum()
+            if not total > 0:  # cannot happen unless p is one-hot on rejected tokens
+                residual = p[node + 1]
+                break
+            residual = residual / total
+        if accepted is None:
+            return TreeVerdict(path, int(torch.multinomial(residual, 1, generator=generator)))
+        path.append(accepted)
+        node = accepted
+
+
+def _children(parents: list[int]) -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        kids.setdefault(p, []).append(i)
+    return kids

@@ -47,7 +47,7 @@ class TraceDrafter:
     def prefill(self, ids: list[int]) -> None:
         """The trace holds every draft state already."""
 
-    def rollback(self, length: int) -> None:
+    def rollback(self, length: int, tree_path: list[int] | None = None) -> None:
         """Nothing cached."""
 
     def close(self) -> None:

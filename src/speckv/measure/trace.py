@@ -12,7 +12,7 @@ reproduces any greedy controller's steps exactly, without running a model.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -118,11 +118,23 @@ def _draft_pass(cache, prompt_ids: list[int], output: list[int], vocab: int, dep
     return draft_tokens, signals, branches
 
 
+def redraft(trace: Trace, draft, vocab: int) -> Trace:
+    """The trace with its on-path draft signals recomputed by `draft` (a Runner): one batched
+    teacher-forced pass, no target forward. For traces collected before a signal was recorded."""
+    cache = draft.sequence()
+    try:
+        _, signals, _ = _draft_pass(cache, list(trace.prompt_ids), list(trace.output_ids), vocab, 0, trace.stop_ids)
+    finally:
+        cache.close()
+    return replace(trace, signals=signals)
+
+
 def _signal_columns(signals: list[TokenSignals], prefix: str = "") -> dict:
     return {
         f"{prefix}entropy": [s.entropy for s in signals],
         f"{prefix}top1": [s.top1 for s in signals],
         f"{prefix}margin": [s.margin for s in signals],
+        f"{prefix}topk_entropy": [s.topk_entropy for s in signals],
     }
 
 
@@ -140,6 +152,7 @@ def save_trace(trace: Trace, path: Path) -> None:
         "branch_entropy": [[s.entropy for s in b.signals] for b in branches],
         "branch_top1": [[s.top1 for s in b.signals] for b in branches],
         "branch_margin": [[s.margin for s in b.signals] for b in branches],
+        "branch_topk_entropy": [[s.topk_entropy for s in b.signals] for b in branches],
     })
     header = {"version": TRACE_VERSION, "prompt_ids": trace.prompt_ids, "max_new_tokens": trace.max_new_tokens,
               "depth": trace.depth, "stop_ids": sorted(trace.stop_ids), "mismatches": sorted(trace.branches), "meta": trace.meta}
@@ -157,17 +170,19 @@ def load_trace(path: Path) -> Trace:
         raise SpeckvError(f"{path}: trace version {header.get('version')} (this speckv reads {TRACE_VERSION})")
     df = table.to_pandas()
 
-    def sig(e, t, m):
-        return [TokenSignals(float(a), float(b), float(c)) for a, b, c in zip(e, t, m)]
+    def sig(e, t, m, k=None):  # traces before topk_entropy was recorded read it as 0
+        k = [0.0] * len(e) if k is None else k
+        return [TokenSignals(float(a), float(b), float(c), 0, float(d)) for a, b, c, d in zip(e, t, m, k)]
 
     branches = {}
     for i in header["mismatches"]:
         row = df.iloc[i]
         branches[i] = Branch([int(t) for t in row.branch_tokens],
-                             sig(row.branch_entropy, row.branch_top1, row.branch_margin))
+                             sig(row.branch_entropy, row.branch_top1, row.branch_margin,
+                                 row.branch_topk_entropy if "branch_topk_entropy" in df else None))
     return Trace(
         header["prompt_ids"], df.target_token.astype(int).tolist(), df.draft_token.astype(int).tolist(),
-        sig(df.entropy, df.top1, df.margin), branches, header["max_new_tokens"], header["depth"],
+        sig(df.entropy, df.top1, df.margin, df.topk_entropy if "topk_entropy" in df else None), branches, header["max_new_tokens"], header["depth"],
         frozenset(header["stop_ids"]), header["meta"],
     )
 
