@@ -40,15 +40,17 @@ def test_pipeline(cli, monkeypatch, tmp_path):
     code, text, err = cli("train", "--out", str(out))
     assert code == 0, err
     arts = sorted(p.name for p in (out / "controllers").glob("*.json"))
-    assert len(arts) == 2 and arts[0].startswith("cost-aware") and arts[1].startswith("speckv")
+    assert [a.split("--")[0] for a in arts] == ["cost-aware", "heterospec", "speckv"]
 
-    code, text, err = cli("eval", "--out", str(out), "--controllers",
-                          "fixed:2,p-min:6,speckv,cost-aware,oracle", "--baselines", "autoregressive,hf-assisted:2")
+    spine = "tree:depth=3,nodes=6,width=2,spine"  # replayable; heterospec (a beam) runs live only
+    controllers = f"fixed:2,p-min:6,speckv,cost-aware,oracle,heterospec,{spine}"
+    code, text, err = cli("eval", "--out", str(out), "--controllers", controllers, "--baselines", "autoregressive,hf-assisted:2")
     assert code == 0, err
     runs = pd.read_parquet(out / "runs.parquet")
     live, rep = runs[runs["mode"] == "live"], runs[runs["mode"] == "replay"]
-    assert set(live.controller) == {"autoregressive", "hf-assisted:2", "fixed:2", "p-min:6", "speckv", "cost-aware"}
-    assert set(rep.controller) == {"autoregressive", "fixed:2", "p-min:6", "speckv", "cost-aware", "oracle"}
+    assert set(live.controller) == {"autoregressive", "hf-assisted:2", "fixed:2", "p-min:6", "speckv", "cost-aware",
+                                    "heterospec", spine}
+    assert set(rep.controller) == {"autoregressive", "fixed:2", "p-min:6", "speckv", "cost-aware", "oracle", spine}
     assert len(runs.prompt_id.unique()) == 2 and (runs.new_tokens > 0).all()
     train_ids = set(json.loads((out / "controllers" / arts[0]).read_text())["trained_on"]["prompts"])
     assert train_ids and not train_ids & set(runs.prompt_id)  # held out
@@ -57,7 +59,7 @@ def test_pipeline(cli, monkeypatch, tmp_path):
 
     # a finished evaluation re-reports on a machine without its cost model and artifacts in the cache
     shutil.rmtree(tmp_path / "cache")
-    code, text, err = cli("eval", "--out", str(out), "--controllers", "fixed:2,p-min:6,speckv,cost-aware,oracle",
+    code, text, err = cli("eval", "--out", str(out), "--controllers", controllers,
                           "--baselines", "autoregressive,hf-assisted:2")
     assert code == 0, err
     assert "cost model vs live" in text and len(pd.read_parquet(out / "runs.parquet")) == len(runs)

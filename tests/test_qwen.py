@@ -95,12 +95,12 @@ def test_replay_equals_live_in_float32():
         trace = collect_trace(dec.target.model, dec.draft.model, ids, 32, dec.stop_ids, depth=15)
         assert trace.branches  # the draft really disagrees somewhere
         assert str(dec.drafter) == "hybrid:3:1"
-        for spec in ("fixed:4", "p-min:8:0.6", "auto"):
+        for spec in ("fixed:4", "p-min:8:0.6", "auto", "tree:depth=5,nodes=12,width=3,spine"):
             live = dec.generate(ids, controller=spec, max_new_tokens=32)
             assert live.token_ids == trace.output_ids
             replayed = replay(trace, make_controller(spec, dec.setup), drafter=str(dec.drafter))
-            assert [(s.budget, s.drafted, s.accepted, s.drafter) for s in replayed] == \
-                [(s.budget, s.drafted, s.accepted, s.drafter) for s in live.steps], (p.id, spec)
+            assert [(s.budget, s.drafted, s.accepted, s.drafter, s.tree_depth) for s in replayed] == \
+                [(s.budget, s.drafted, s.accepted, s.drafter, s.tree_depth) for s in live.steps], (p.id, spec)
 
 
 def test_tree_decoding_is_lossless(qwen_fp32):

@@ -151,3 +151,34 @@ def test_a_wrong_compaction_is_caught(tiny_pair, monkeypatch):
         prompt = torch.randint(0, 64, (12,), generator=gen).tolist()
         differs += run(engine, prompt, "tree:depth=4,nodes=12,width=3")[0] != reference(target, prompt, 40)
     assert differs
+
+
+@pytest.mark.parametrize("spec", ["tree:depth=4,nodes=12,width=3,spine", "tree:depth=6,nodes=11,width=2,spine"])
+def test_spine_tree_replay_equals_live(tiny_pair, spec):
+    """A fixed spine-shaped tree replays exactly from a trace (the draft's best tokens are recorded
+    at every on-path position): node counts, depths, accepted paths and the tokens all agree."""
+    from speckv.measure.replay import replay
+    from speckv.measure.trace import collect_trace
+
+    target, draft = tiny_pair
+    engine = Engine(target, ChainSource(draft))
+    gen = torch.Generator().manual_seed(11)
+    for i in range(8):
+        prompt = torch.randint(0, 64, (int(torch.randint(2, 16, (1,), generator=gen)),), generator=gen).tolist()
+        tr = collect_trace(target, draft, prompt, 30, depth=12)
+        live = [e.record for e in engine.run(prompt, make_controller(spec), SamplingConfig(), 30)]
+        replayed = replay(tr, make_controller(spec))
+        shape = lambda steps: [(s.context_len, s.budget, s.drafted, s.tree_depth, s.accepted, s.emitted) for s in steps]  # noqa: E731
+        assert shape(replayed) == shape(live), (spec, i)
+        assert any(s.tree_depth for s in live)
+
+
+def test_beam_trees_are_refused_by_replay(tiny_pair):
+    from speckv.errors import SpeckvError
+    from speckv.measure.replay import replay
+    from speckv.measure.trace import collect_trace
+
+    target, draft = tiny_pair
+    tr = collect_trace(target, draft, [1, 2, 3], 20, depth=8)
+    with pytest.raises(SpeckvError, match="beam trees"):
+        replay(tr, make_controller("tree:depth=4,nodes=12,width=3"))

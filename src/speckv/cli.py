@@ -234,7 +234,7 @@ def bench(
     import speckv
     from speckv.bench.side_by_side import bench_payload, check_method
 
-    names = list(_csv_list(methods))
+    names = _spec_list(methods)
     specs = [check_method(m) for m in names]  # fail on a bad method before loading models
     if category and tasks:
         raise SpeckvError("give --category or --tasks, not both")
@@ -286,7 +286,7 @@ def demo(
 
     if methods is None:
         methods = "autoregressive,auto,fixed:4" + (",hf-assisted" if pick_backend(backend, device, (target, draft)) == "torch" else "")
-    names = list(_csv_list(methods))
+    names = _spec_list(methods)
     hf = [m for m in names if check_method(m).name.startswith("hf-")]
     backend = pick_backend(backend, device, (target, draft), f"{', '.join(hf)} (transformers' own generation)" if hf else None)
     if prompts_per_task < 1 or max_new_tokens < 1:
@@ -414,6 +414,16 @@ def _csv_list(text: str, kind=str) -> tuple:
         items = tuple(kind(x.strip()) for x in text.split(",") if x.strip())
     except ValueError:
         raise SpeckvError(f"cannot parse list {text!r}") from None
+    if not items:
+        raise SpeckvError("empty list")
+    return items
+
+
+def _spec_list(text: str) -> list[str]:
+    """Controller or method specs, comma-separated (a tree spec keeps its own commas)."""
+    from speckv.control.spec import split_specs
+
+    items = split_specs(text)
     if not items:
         raise SpeckvError("empty list")
     return items
@@ -612,12 +622,12 @@ def eval_(
     from speckv.control import ControllerSpec
     from speckv.report.eval_page import build
 
-    names = _csv_list(controllers)
+    names = tuple(_spec_list(controllers))
     for name in names:  # fail on a bad name before loading models
         ControllerSpec.parse(name, allow_replay_only=True)
-    for name in _csv_list(baselines):
+    for name in _spec_list(baselines):
         ControllerSpec.parse(name, allow_replay_only=True, allow_external=True)
-    config = _eval_config(out, compression, controllers=names, baselines=_csv_list(baselines))
+    config = _eval_config(out, compression, controllers=names, baselines=tuple(_spec_list(baselines)))
     total = len(config.compressions) * len(config.prompts("test"))
     done = sum(unit_path(out, level, p.id, "runs").is_file() for level in config.compressions
                for _, p in config.prompts("test"))

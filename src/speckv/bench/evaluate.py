@@ -26,7 +26,7 @@ from speckv.bench.side_by_side import hf_settings, run_method
 from speckv.control import cost_path
 from speckv.control.artifact import Setup, default_path
 from speckv.control.spec import ControllerSpec
-from speckv.control.train import train_cost_aware, train_heterospec, train_speckv
+from speckv.control.train import heterospec_trainable, train_cost_aware, train_heterospec, train_speckv
 from speckv.data.prompts import Prompt
 from speckv.data.tasks import DEFAULT_TASKS, TASKS, split
 from speckv.errors import SpeckvError
@@ -202,7 +202,7 @@ def train(config: EvalConfig, out: Path, levels: tuple[str, ...] | None = None) 
         art = train_cost_aware(traces[level], setup, CostModel.load(cost_path(setup)))
         written.append(art.save(default_path("cost-aware", setup)))
         art.save(out / "controllers" / default_path("cost-aware", setup).name)
-        if all(any(s.topk_entropy for s in t.signals) for t in traces[level]):  # traces since trees
+        if heterospec_trainable(traces[level]):
             art = train_heterospec(traces[level], setup)
             written.append(art.save(default_path("heterospec", setup)))
             art.save(out / "controllers" / default_path("heterospec", setup).name)

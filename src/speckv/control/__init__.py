@@ -100,7 +100,7 @@ def make_controller(spec: str | ControllerSpec, setup: Setup | None = None) -> C
         return Fixed(spec.gamma)
     if name == "tree":
         shape = spec.shape
-        return FixedTree(shape.depth, shape.nodes, shape.width, shape.rerank)
+        return FixedTree(shape.depth, shape.nodes, shape.width, shape.rerank, shape.spine)
     if name == "heterospec":  # the given file > trained here > shipped for the built-in pair
         if spec.artifact is None and setup is not None and not default_path("heterospec", setup).is_file():
             full = _shipped_setup(setup)

@@ -41,6 +41,8 @@ class Controller:
     trees = False
     #: trees only: N > 0 re-ranks every child seen by path probability and keeps the best N (EAGLE-2)
     rerank = 0
+    #: trees only: expand the most probable child alone, runners-up are leaves (replayable from traces)
+    spine = False
 
     def start(self, request: RequestInfo) -> None:
         """A new request begins: reset per-request state."""

@@ -4,7 +4,7 @@ Every place that takes a spec string (make_controller, speckv.load, the CLI, the
 bench methods, eval's controllers and baselines) parses it with `ControllerSpec.parse` and then
 reads typed fields and flags; nothing else splits a spec on ':' or compares its name.
 
-Forms: auto, autoregressive, fixed:N, tree[:depth=D,nodes=N,width=W,rerank], heterospec[:ARTIFACT], cost-tree[:ARTIFACT], hf-heuristic[:N], hf-confidence[:N], p-min[:N[:P]],
+Forms: auto, autoregressive, fixed:N, tree[:depth=D,nodes=N,width=W,rerank|spine], heterospec[:ARTIFACT], cost-tree[:ARTIFACT], hf-heuristic[:N], hf-confidence[:N], p-min[:N[:P]],
 cost-aware[:ARTIFACT], speckv[:ARTIFACT], oracle (replay only) and, where a caller allows it,
 hf-assisted[:N] (transformers' own assisted generation) and hf-lookup[:N] (transformers' prompt
 lookup, `prompt_lookup_num_tokens`): bench/eval methods, not our engine.
@@ -14,13 +14,14 @@ artifacts are found and checked when a controller is built for a setup.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from speckv.errors import SpeckvError
 
 MAX_GAMMA = 32
-NAMES = ("auto", "fixed:N", "tree[:depth=D,nodes=N,width=W,rerank]", "heterospec[:ARTIFACT]", "cost-tree[:ARTIFACT]", "autoregressive", "hf-heuristic[:N]", "hf-confidence[:N]", "p-min[:N[:P]]",
+NAMES = ("auto", "fixed:N", "tree[:depth=D,nodes=N,width=W,rerank|spine]", "heterospec[:ARTIFACT]", "cost-tree[:ARTIFACT]", "autoregressive", "hf-heuristic[:N]", "hf-confidence[:N]", "p-min[:N[:P]]",
          "cost-aware[:ARTIFACT]", "speckv[:ARTIFACT]", "oracle (replay only)")
 METHODS = ("hf-assisted[:N]", "hf-lookup[:N]", "llamacpp-server", "llamacpp-spec[:N]")  # not controllers: what bench and eval also run
 EXTERNAL = ("hf-assisted", "hf-lookup", "llamacpp-server", "llamacpp-spec")  # transformers' and llama-server's own loops
@@ -44,6 +45,7 @@ class TreeShape:
     nodes: int = 16
     width: int = 4
     rerank: bool = False
+    spine: bool = False
 
     def __post_init__(self) -> None:
         for name, value, top in (("depth", self.depth, MAX_GAMMA), ("nodes", self.nodes, MAX_NODES),
@@ -57,19 +59,21 @@ class TreeShape:
                               f"{self.depth} needs at least {self.depth} nodes)")
         if self.width > self.nodes:
             raise SpeckvError(f"controller tree: width={self.width} > nodes={self.nodes}")
+        if self.rerank and self.spine:
+            raise SpeckvError("controller tree: rerank and spine exclude each other (a spine tree has nothing to re-rank)")
 
     @classmethod
     def parse(cls, arg: str) -> TreeShape:
-        """`depth=D,nodes=N,width=W,rerank` in any order, each optional."""
+        """`depth=D,nodes=N,width=W,rerank|spine` in any order, each optional."""
         values: dict[str, object] = {}
         for item in filter(None, (part.strip() for part in arg.split(","))):
             key, eq, value = item.partition("=")
-            if key == "rerank" and not eq:
-                values["rerank"] = True
+            if key in ("rerank", "spine") and not eq:
+                values[key] = True
             elif key in ("depth", "nodes", "width") and eq:
                 values[key] = _int_arg("tree", value)
             else:
-                raise SpeckvError(f"controller tree: {item!r} is not one of depth=D, nodes=N, width=W, rerank")
+                raise SpeckvError(f"controller tree: {item!r} is not one of depth=D, nodes=N, width=W, rerank, spine")
         if "nodes" not in values and "depth" in values:  # enough nodes for the depth asked for
             values["nodes"] = max(cls.nodes, values["depth"])
         if "width" not in values and "nodes" in values:
@@ -77,7 +81,23 @@ class TreeShape:
         return cls(**values)
 
     def __str__(self) -> str:
-        return f"depth={self.depth},nodes={self.nodes},width={self.width}" + (",rerank" if self.rerank else "")
+        return f"depth={self.depth},nodes={self.nodes},width={self.width}" + (",rerank" if self.rerank else "") + (
+            ",spine" if self.spine else "")
+
+
+_TREE_OPTION = re.compile(r"^(depth|nodes|width)=|^(rerank|spine)$")
+
+
+def split_specs(text: str) -> list[str]:
+    """A comma-separated list of specs, where a tree spec's own options (`tree:depth=5,nodes=16`)
+    stay with it: a piece that is a tree option joins the spec before it."""
+    out: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if out and _TREE_OPTION.match(piece) and out[-1].startswith("tree"):
+            out[-1] += "," + piece
+        elif piece:
+            out.append(piece)
+    return out
 
 
 def _unknown(text: object, external: bool) -> SpeckvError:
@@ -220,9 +240,10 @@ class ControllerSpec:
 
     @property
     def replayable(self) -> bool:
-        """Runs in trace replay: not an external loop, and not a tree policy (a tree's off-path
-        branches need draft distributions a trace does not hold): those are evaluated live only."""
-        return not self.external and not self.trees
+        """Runs in trace replay: not an external loop, and of the tree policies only spine-shaped
+        fixed trees (beams rank off-path children, whose draft rows a trace does not hold): the
+        others are evaluated live only."""
+        return not self.external and (not self.trees or self.name == "tree" and self.shape.spine)
 
     @property
     def replay_only(self) -> bool:

@@ -114,6 +114,14 @@ def heterospec_table(traces: list[Trace], depth: int, cap: int) -> tuple[np.ndar
     return np.array(x).reshape(-1, 1), np.array(y, float)
 
 
+def heterospec_trainable(traces: list[Trace], depth: int = 5) -> bool:
+    """Whether the traces can fit HeteroSpec's strata: they record the top-K entropy (traces
+    collected since trees) and hold at least 20 starting positions; else heterospec keeps using
+    the shipped strata (or refuses, for another pair)."""
+    return (all(any(s.topk_entropy for s in t.signals) for t in traces)
+            and sum(max(0, len(t.output_ids) - depth) for t in traces) >= 20)
+
+
 def train_heterospec(traces: list[Trace], setup: Setup, depth: int = 5, nodes: int = 16, width: int = 4) -> Artifact:
     """The strata: leaves of a depth-3 regression tree of accepted length on H (8 intervals)."""
     from sklearn.tree import DecisionTreeRegressor
@@ -122,9 +130,9 @@ def train_heterospec(traces: list[Trace], setup: Setup, depth: int = 5, nodes: i
 
     alpha = -(-depth // 2)
     x, y = heterospec_table(traces, depth, depth + alpha)
-    if len(y) < 100:
+    if len(y) < 20:
         raise SpeckvError(f"too few positions ({len(y)}) in the training traces to fit HeteroSpec's strata")
-    reg = DecisionTreeRegressor(max_depth=3, min_samples_leaf=max(20, len(y) // 100), random_state=0).fit(x, y)
+    reg = DecisionTreeRegressor(max_depth=3, min_samples_leaf=max(2, len(y) // 100), random_state=0).fit(x, y)
     edges = sorted(float(t) for t, f in zip(reg.tree_.threshold, reg.tree_.feature) if f >= 0)
     bins = np.searchsorted(edges, x[:, 0], side="right")
     strata = [{"share": float((bins == i).mean()), "mean_accepted": float(y[bins == i].mean()) if (bins == i).any() else None}

@@ -1,8 +1,9 @@
-"""A fixed tree shape: `tree:depth=D,nodes=N[,width=W][,rerank]`.
+"""A fixed tree shape: `tree:depth=D,nodes=N[,width=W][,rerank|spine]`.
 
 Each level keeps the W children with the highest path probability (fewer where the node budget
 must still cover the levels below: one node each), until depth D or N nodes; with
-`rerank`, every child seen competes for the N nodes at the end (EAGLE-2). The baseline the
+`rerank`, every child seen competes for the N nodes at the end (EAGLE-2); with `spine`, only the
+most probable child grows and each level adds its W - 1 runners-up as leaves (replayable). The baseline the
 adaptive tree policies are measured against, and the one whose shape replay reproduces exactly.
 """
 
@@ -13,10 +14,10 @@ from speckv.records import TokenSignals
 class FixedTree(Controller):
     trees = True
 
-    def __init__(self, depth: int, nodes: int, width: int, rerank: bool = False):
-        self.depth, self.nodes, self.width = depth, nodes, width
+    def __init__(self, depth: int, nodes: int, width: int, rerank: bool = False, spine: bool = False):
+        self.depth, self.nodes, self.width, self.spine = depth, nodes, width, spine
         self.rerank = nodes if rerank else 0
-        self.name = f"tree:depth={depth},nodes={nodes},width={width}" + (",rerank" if rerank else "")
+        self.name = f"tree:depth={depth},nodes={nodes},width={width}" + (",rerank" if rerank else "") + (",spine" if spine else "")
         self._used = 0
 
     def start(self, request: RequestInfo) -> None:

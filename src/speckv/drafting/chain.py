@@ -108,15 +108,26 @@ class ChainDrafter:
         return base.draft_loop(next_proposal, budget, controller, stop_ids, self.sync)
 
     def _tree(self, feed: list[int], budget: int, controller: Controller, stop_ids: frozenset[int]) -> Draft:
-        """One tree step: catch up and read the root's logits, then one forward per level."""
+        """One tree step: catch up and read the root's row, then one forward per level over the
+        frontier (each node attends to its own ancestors), through drafting.tree.grow."""
         t0 = time.perf_counter()
-        root = self._forward(feed)
-        base = len(self.cache)
-        grown = tree.grow(root, lambda toks, parents: self.cache.forward(toks, len(toks), self.vocab, parents),
-                          base, controller, budget, controller.rerank, batch_signals, stop_ids)
+        base = len(self.cache) + len(feed)  # the root, ids[-1], is entry base - 1
+        index: dict[int, int] = {}  # node -> its entry in this cache
+
+        def expand(frontier: list[int], seen: tree.Tree) -> list[tree.Row]:
+            if frontier == [-1]:
+                logits = self._forward(feed)[None]
+            else:
+                start = len(self.cache)
+                parents = [index[seen.parents[n]] if seen.parents[n] >= 0 else base - 1 for n in frontier]
+                logits = self.cache.forward([seen.tokens[n] for n in frontier], len(frontier), self.vocab, parents)
+                index.update((n, start + i) for i, n in enumerate(frontier))
+            return tree.rows_from_logits(logits, batch_signals)
+
+        grown, renumber = tree.grow(expand, controller, budget, stop_ids)
         self.sync()
-        self._grown = (base, grown.cache_index)
-        draft = Draft(source="model", tree=grown.tree)
+        self._grown = (base, {renumber[n]: c for n, c in index.items() if n in renumber})
+        draft = Draft(source="model", tree=grown)
         draft.draft_ms = (time.perf_counter() - t0) * 1000
         return draft
 

@@ -1,20 +1,23 @@
-"""Token trees: the draft model grows one level per forward over the whole frontier; the target
+"""Token trees: the draft grows one level per forward over the whole frontier; the target
 verifies every node in one forward with a tree attention mask.
 
 Invariants:
 - Nodes are stored level by level, so a node's parent always comes before it; `parents[i] == -1`
   means the root (the last accepted token). Siblings are distinct tokens, best draft rank first.
+- `grow` is the one tree loop: live drafting and replay both run it, each with its own `expand`
+  (a draft model's forward over the frontier; a trace's recorded rows), so they cannot drift.
 - Level widths come from the controller (`Controller.tree_width`), asked once per level with the
   spine's signals (the spine: the most probable path so far; its last entry describes the draft
   distribution this level would be drawn from), so a policy can deepen a predictable tree or stop
   an unpredictable one mid-step; the node budget is the controller's to keep.
-- Beam growth (default): each level keeps the `width` children of the previous level with the
-  highest path probability, and only kept nodes are verified. Re-ranking (EAGLE-2): the same beam
-  is grown but every child it saw competes for the node budget by path probability at the end
-  (ancestor-closed: a child's path probability never exceeds its parent's). Re-ranking depends on
-  off-path children, so only beam trees replay from traces.
-- Draft probabilities are kept per node for signals only: speculative sampling treats candidates
-  as deterministic (engine.sampling.accept_tree_speculative), which keeps it exact for any tree.
+- Shapes: beam (default): each level keeps the `width` children of the frontier with the highest
+  path probability, and the kept nodes form the next frontier. Re-ranking (EAGLE-2, `rerank = N`):
+  the same beam, then every child seen competes for N nodes by path probability (ancestor-closed:
+  a child's path probability never exceeds its parent's). Spine (`spine = True`): only the most
+  probable child is expanded; each level adds its width - 1 runners-up as leaves. Only the spine
+  shape replays from traces (beams rank off-path children, whose draft rows a trace does not hold).
+- Draft probabilities are kept per node for ranking and signals only: speculative sampling treats
+  candidates as deterministic (engine.sampling.accept_tree_speculative), exact for any tree.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ import torch
 
 from speckv.control.base import Controller
 from speckv.records import TokenSignals
+
+TOP = 16  # draft candidates kept per expanded node: the widest level a controller may ask for
 
 
 @dataclass
@@ -46,17 +51,18 @@ class Tree:
         self.signals.append(signals)
         return len(self.tokens) - 1
 
-    def children(self, node: int) -> list[int]:
-        return [i for i, p in enumerate(self.parents) if p == node]
+    def depth_of(self, node: int) -> int:
+        d = 0
+        while node >= 0:
+            node, d = self.parents[node], d + 1
+        return d
 
     def depth(self) -> int:
-        depths: list[int] = []
-        for p in self.parents:
-            depths.append(1 if p < 0 else depths[p] + 1)
-        return max(depths, default=0)
+        return max((self.depth_of(n) for n in range(len(self))), default=0)
 
-    def subset(self, keep: list[int]) -> Tree:
-        """The tree of the nodes in `keep` (ancestor-closed), renumbered in level order."""
+    def subset(self, keep: list[int]) -> tuple[Tree, dict[int, int]]:
+        """The tree of the nodes in `keep` (ancestor-closed), renumbered in level order, and the
+        renumbering."""
         order = sorted(keep)
         new = {old: i for i, old in enumerate(order)}
         out = Tree()
@@ -64,60 +70,61 @@ class Tree:
             p = self.parents[old]
             out.add(self.tokens[old], -1 if p < 0 else new[p], self.logp[old], self.signals[old])
         out.spine = [new[n] for n in self.spine if n in new]
-        return out
+        return out, new
 
 
-@dataclass
-class Grown:
-    tree: Tree
-    cache_index: dict[int, int]  # node -> its entry in the draft cache (nodes the draft forwarded)
+@dataclass(frozen=True)
+class Row:
+    """What expanding one node yields: the signals of its draft distribution and its best tokens
+    (best first) with their log probabilities."""
+
+    signals: TokenSignals
+    tokens: list[int]
+    logp: list[float]
 
 
-def grow(root_logits: torch.Tensor, forward: Callable[[list[int], list[int]], torch.Tensor], base: int,
-         controller: Controller, max_depth: int, rerank: int, signals_of: Callable[[torch.Tensor], list[TokenSignals]],
-         stop_ids: frozenset[int]) -> Grown:
-    """Grow a tree from the root's draft logits. `forward(tokens, parent_cache_indices)` runs the
-    draft over one level and returns its logits; `base` is the draft cache's length (the root is
-    entry base - 1). Stops at `max_depth`, when the controller answers width 0, or when every
-    frontier node is a stop id."""
+def rows_from_logits(logits: torch.Tensor, signals_of: Callable[[torch.Tensor], list[TokenSignals]]) -> list[Row]:
+    top = torch.log_softmax(logits.float(), dim=-1).topk(min(TOP, logits.shape[-1]), dim=-1)
+    return [Row(s, t, lp) for s, t, lp in zip(signals_of(logits), top.indices.tolist(), top.values.tolist())]
+
+
+#: expand(frontier nodes, the tree so far) -> one Row per node (frontier [-1]: the root)
+Expand = Callable[[list[int], Tree], list[Row]]
+
+
+def grow(expand: Expand, controller: Controller, max_depth: int, stop_ids: frozenset[int]) -> tuple[Tree, dict[int, int]]:
+    """Grow a tree to at most `max_depth` levels, asking the controller for each level's width
+    (0 stops). Returns the tree and the renumbering of the nodes `expand` saw into its nodes."""
     seen = Tree()  # every child considered (re-ranking picks from these)
     kept: list[int] = []
-    cache_index: dict[int, int] = {}
-    frontier, logits = [-1], root_logits[None]
+    frontier = [-1]
+    rows = expand(frontier, seen)
     spine: list[TokenSignals] = []
-    level = 0
-    while level < max_depth:
-        level += 1
-        sig = signals_of(logits)  # row 0: the spine's end (the frontier is sorted by path probability)
-        width = controller.tree_width(level, (*spine, sig[0]))
+    for level in range(1, max_depth + 1):
+        width = min(controller.tree_width(level, (*spine, rows[0].signals)), TOP)
         if width <= 0:
             break
-        logp = torch.log_softmax(logits.float(), dim=-1)
-        top = logp.topk(width, dim=-1)
+        parents = frontier[:1] if controller.spine else frontier
         candidates = []
-        for row, parent in enumerate(frontier):
-            base_lp = seen.logp[parent] if parent >= 0 else 0.0
-            for lp, tok in zip(top.values[row].tolist(), top.indices[row].tolist()):
-                candidates.append((base_lp + lp, seen.add(tok, parent, base_lp + lp, sig[row])))
+        for parent, row in zip(parents, rows):
+            base = seen.logp[parent] if parent >= 0 else 0.0
+            for tok, lp in zip(row.tokens[:width], row.logp[:width]):
+                candidates.append((base + lp, seen.add(tok, parent, base + lp, row.signals)))
         candidates.sort(key=lambda c: -c[0])
-        frontier = [node for _, node in candidates[:width]]
-        kept += frontier
-        spine.append(seen.signals[frontier[0]])
-        seen.spine.append(frontier[0])
+        chosen = [node for _, node in (candidates if controller.spine else candidates[:width])]
+        kept += chosen
+        best = chosen[0]
+        spine.append(seen.signals[best])
+        seen.spine.append(best)
+        frontier = [best] if controller.spine else chosen
         frontier = [n for n in frontier if seen.tokens[n] not in stop_ids]
         if level == max_depth or not frontier:
             break
-        start = base + len(cache_index)
-        parents = [cache_index[seen.parents[n]] if seen.parents[n] >= 0 else base - 1 for n in frontier]
-        logits = forward([seen.tokens[n] for n in frontier], parents)
-        for i, n in enumerate(frontier):
-            cache_index[n] = start + i
-    if rerank and kept:
-        order = sorted(range(len(seen)), key=lambda n: (-seen.logp[n], n))[:rerank]
+        rows = expand(frontier, seen)
+    if controller.rerank and kept:
+        order = sorted(range(len(seen)), key=lambda n: (-seen.logp[n], n))[: controller.rerank]
         kept = _closed(seen, order)
-    tree = seen.subset(kept)
-    renumber = {old: i for i, old in enumerate(sorted(kept))}
-    return Grown(tree, {renumber[n]: c for n, c in cache_index.items() if n in renumber})
+    return seen.subset(kept)
 
 
 def _closed(tree: Tree, nodes: list[int]) -> list[int]:
@@ -129,11 +136,3 @@ def _closed(tree: Tree, nodes: list[int]) -> list[int]:
             out.add(p)
             p = tree.parents[p]
     return sorted(out)
-
-
-def path_to(tree: Tree, node: int) -> list[int]:
-    path = []
-    while node >= 0:
-        path.append(node)
-        node = tree.parents[node]
-    return path[::-1]

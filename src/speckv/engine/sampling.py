@@ -7,6 +7,7 @@ acceptance sample a bonus token from p. The output is distributed exactly as the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -100,19 +101,28 @@ class TreeVerdict:
     next_token: int
 
 
+def walk(tokens: list[int], parents: list[int], choice: Callable[[int], int]) -> tuple[list[int], int]:
+    """Greedy acceptance: from the root, follow the child whose token is `choice(node)` (the
+    target's token after that node) while there is one. Returns the path and the next token."""
+    kids: dict[int, list[int]] = {}
+    for i, p in enumerate(parents):
+        kids.setdefault(p, []).append(i)
+    path, node = [], -1
+    while True:
+        want = choice(node)
+        nxt = next((c for c in kids.get(node, ()) if tokens[c] == want), None)
+        if nxt is None:
+            return path, want
+        path.append(nxt)
+        node = nxt
+
+
 def accept_tree_greedy(target_logits: torch.Tensor, tokens: list[int], parents: list[int], **_) -> TreeVerdict:
     """Row 0 is the root's logits, row 1 + i node i's. Follow the child equal to the target's argmax
     while there is one."""
     choice = target_logits.argmax(dim=-1).tolist()
-    kids = _children(parents)
-    path, node = [], -1
-    while True:
-        want = choice[node + 1]
-        nxt = next((c for c in kids.get(node, ()) if tokens[c] == want), None)
-        if nxt is None:
-            return TreeVerdict(path, want)
-        path.append(nxt)
-        node = nxt
+    path, nxt = walk(tokens, parents, lambda node: choice[node + 1])
+    return TreeVerdict(path, nxt)
 
 
 def accept_tree_speculative(target_logits: torch.Tensor, tokens: list[int], parents: list[int],

@@ -15,8 +15,9 @@ from collections.abc import Iterator
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.control.oracle import Oracle, model_runs
-from speckv.drafting import base
+from speckv.drafting import base, tree
 from speckv.drafting.base import Draft, Proposal
+from speckv.engine.sampling import walk
 from speckv.errors import SpeckvError
 from speckv.measure.trace import Trace
 from speckv.records import StepRecord
@@ -58,6 +59,8 @@ class TraceDrafter:
         """Draft after ids = prompt + output[:p] (greedy: ids is always on the target's path)."""
         trace, miss, j = self.trace, None, 0
         p = len(ids) - len(trace.prompt_ids)
+        if controller.trees:
+            return self._tree(p, budget, controller)
 
         def next_proposal() -> Proposal:
             nonlocal miss, j
@@ -77,6 +80,49 @@ class TraceDrafter:
             return proposal
 
         return base.draft_loop(next_proposal, budget, controller, trace.stop_ids)
+
+
+    def _tree(self, p: int, budget: int, controller: Controller) -> Draft:
+        """A tree step through drafting.tree.grow, the live loop, with the trace's rows: on the
+        target's path the teacher-forced draft row (signals, best tokens); past a mismatch the
+        draft's own continuation, whose runners-up are placeholders (never accepted: they hang
+        under a rejected node). Only spine trees replay: a beam expands off-path nodes."""
+        trace, out = self.trace, self.trace.output_ids
+        if trace.top_tokens is None:
+            raise SpeckvError("this trace predates the draft's recorded best tokens: recollect it with `speckv trace` "
+                              "to replay tree controllers")
+
+        def expand(frontier: list[int], seen: tree.Tree) -> list[tree.Row]:
+            if len(frontier) > 1 or frontier[0] >= 0 and not controller.spine:
+                raise SpeckvError(f"controller {controller.name} grows beam trees, which replay cannot reproduce "
+                                  "(their off-path nodes' draft rows are not in a trace): run it live")
+            path = []
+            node = frontier[0]
+            while node >= 0:
+                path.append(seen.tokens[node])
+                node = seen.parents[node]
+            path.reverse()
+            miss = next((d for d, tok in enumerate(path) if tok != out[p + d]), None)
+            if miss is None:
+                q = p + len(path)
+                return [tree.Row(trace.signals[q], trace.top_tokens[q], trace.top_logp[q])]
+            branch, k = trace.branches[p + miss], len(path) - miss - 1
+            if k >= len(branch.tokens):
+                raise SpeckvError(f"controller {controller.name} drafted past the trace's continuation depth "
+                                  f"({trace.depth}); collect traces with a larger --depth")
+            filler = [-2 - i for i in range(tree.TOP - 1)]  # never a token id
+            return [tree.Row(branch.signals[k], [branch.tokens[k], *filler], [0.0] + [-1e9 - i for i in range(tree.TOP - 1)])]
+
+        grown, _ = tree.grow(expand, controller, budget, trace.stop_ids)
+        return Draft(source="model", tree=grown)
+
+
+def tree_outcome(draft_tree: tree.Tree, out: list[int], p: int) -> int:
+    """Nodes of a replayed tree the target's output accepts: the greedy walk with the output as
+    the target's choices."""
+    path, _ = walk(draft_tree.tokens, draft_tree.parents,
+                   lambda node: out[p + draft_tree.depth_of(node)] if p + draft_tree.depth_of(node) < len(out) else None)
+    return len(path)
 
 
 def trace_source(trace: Trace, drafter: str = "model"):
@@ -130,25 +176,30 @@ def replay(trace: Trace, controller: Controller, cost=None, drafter: str = "mode
         t0 = time.perf_counter()
         budget = max(0, min(controller.budget(), limit - p - 1))
         control_s = time.perf_counter() - t0
-        tokens, signals, accepted, used = [], [], 0, ""
+        tokens, signals, accepted, used, size, depth = [], [], 0, "", 0, 0
         if budget:
             if not controller.uses_draft:
                 raise SpeckvError(f"controller {controller.name} asked for drafts without a draft model")
             draft = proposer.propose(ids, budget, controller, None, None, trace.stop_ids)
-            tokens, signals, used = draft.tokens, draft.signals, draft.source if draft.tokens else ""
+            tokens, signals, used = draft.tokens, draft.signals, draft.source if draft.size else ""
+            if draft.tree is not None:
+                signals = [draft.tree.signals[n] for n in draft.tree.spine]
+                size, depth, accepted = len(draft.tree), draft.tree.depth(), tree_outcome(draft.tree, out, p)
             while accepted < len(tokens) and tokens[accepted] == out[p + accepted]:
                 accepted += 1
             control_s += draft.control_ms / 1000
         emitted = len(out[p : p + accepted + 1])
         t0 = time.perf_counter()
-        controller.observe(StepOutcome(budget, len(tokens), accepted, tuple(signals), used))
+        size = size or len(tokens)
+        controller.observe(StepOutcome(budget, size, accepted, tuple(signals), used, depth))
         control_s += time.perf_counter() - t0
         record = StepRecord(
-            step=len(steps), context_len=len(trace.prompt_ids) + p, budget=budget, drafted=len(tokens),
+            step=len(steps), context_len=len(trace.prompt_ids) + p, budget=budget, drafted=size,
             accepted=accepted, emitted=emitted, signals=signals, control_ms=control_s * 1000, drafter=used,
+            tree_depth=depth,
         )
-        if cost is not None:
-            record.draft_ms = cost.drafter_ms(used, record.drafted, record.context_len)
+        if cost is not None:  # a tree drafts one forward per level
+            record.draft_ms = cost.drafter_ms(used, depth or record.drafted, record.context_len)
             record.verify_ms = cost.verify_ms(record.drafted + 1, record.context_len)
         steps.append(record)
         ids += out[p : p + emitted]

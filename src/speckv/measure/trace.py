@@ -24,6 +24,7 @@ from speckv.backends import Runner, as_runner
 from speckv.control.fixed import Autoregressive
 from speckv.engine.decode import Engine
 from speckv.drafting.chain import batch_signals
+from speckv.drafting.tree import rows_from_logits
 from speckv.errors import SpeckvError
 from speckv.files import atomic_write
 from speckv.records import TokenSignals
@@ -50,6 +51,10 @@ class Trace:
     depth: int  # continuation length: supports budgets up to depth + 1
     stop_ids: frozenset[int] = frozenset()  # drafting and generation end at these
     meta: dict = field(default_factory=dict)  # prompt id, task, models, compression, device
+    #: the draft's best tokens at each output position, best first, with log probabilities (what a
+    #: spine tree's runners-up are); None: a trace collected before they were recorded
+    top_tokens: list[list[int]] | None = None
+    top_logp: list[list[float]] | None = None
 
     @property
     def matches(self) -> list[bool]:
@@ -75,11 +80,11 @@ def collect_trace(
                   for t in event.tokens]
     cache = as_runner(draft).sequence()
     try:
-        draft_tokens, signals, branches = _draft_pass(cache, list(prompt_ids), output, engine.vocab, depth, stop_ids)
+        draft_tokens, rows, branches = _draft_pass(cache, list(prompt_ids), output, engine.vocab, depth, stop_ids)
     finally:
         cache.close()
-    return Trace(list(prompt_ids), output, draft_tokens, signals, branches, max_new_tokens, depth, frozenset(stop_ids),
-                 dict(meta or {}))
+    return Trace(list(prompt_ids), output, draft_tokens, [r.signals for r in rows], branches, max_new_tokens, depth,
+                 frozenset(stop_ids), dict(meta or {}), [r.tokens for r in rows], [r.logp for r in rows])
 
 
 def _draft_pass(cache, prompt_ids: list[int], output: list[int], vocab: int, depth: int, stop_ids: frozenset[int]):
@@ -89,9 +94,9 @@ def _draft_pass(cache, prompt_ids: list[int], output: list[int], vocab: int, dep
     n, start = len(output), len(prompt_ids)
     if start > 1:
         cache.forward(ids[: start - 1], 1, vocab)
-    rows = cache.forward(ids[start - 1 : start + n - 1], n, vocab)
-    draft_tokens = rows.argmax(-1).tolist()
-    signals = batch_signals(rows)
+    logits = cache.forward(ids[start - 1 : start + n - 1], n, vocab)
+    draft_tokens = logits.argmax(-1).tolist()
+    rows = rows_from_logits(logits, batch_signals)
 
     branches: dict[int, Branch] = {}
     for i, (d, t) in enumerate(zip(draft_tokens, output)):
@@ -115,7 +120,7 @@ def _draft_pass(cache, prompt_ids: list[int], output: list[int], vocab: int, dep
             branch.tokens.append(token)
             branch.signals.append(batch_signals(row)[0])
         cache.truncate(start + i)
-    return draft_tokens, signals, branches
+    return draft_tokens, rows, branches
 
 
 def redraft(trace: Trace, draft, vocab: int) -> Trace:
@@ -123,10 +128,11 @@ def redraft(trace: Trace, draft, vocab: int) -> Trace:
     teacher-forced pass, no target forward. For traces collected before a signal was recorded."""
     cache = draft.sequence()
     try:
-        _, signals, _ = _draft_pass(cache, list(trace.prompt_ids), list(trace.output_ids), vocab, 0, trace.stop_ids)
+        _, rows, _ = _draft_pass(cache, list(trace.prompt_ids), list(trace.output_ids), vocab, 0, trace.stop_ids)
     finally:
         cache.close()
-    return replace(trace, signals=signals)
+    return replace(trace, signals=[r.signals for r in rows], top_tokens=[r.tokens for r in rows],
+                   top_logp=[r.logp for r in rows])
 
 
 def _signal_columns(signals: list[TokenSignals], prefix: str = "") -> dict:
@@ -153,6 +159,7 @@ def save_trace(trace: Trace, path: Path) -> None:
         "branch_top1": [[s.top1 for s in b.signals] for b in branches],
         "branch_margin": [[s.margin for s in b.signals] for b in branches],
         "branch_topk_entropy": [[s.topk_entropy for s in b.signals] for b in branches],
+        **({"top_tokens": trace.top_tokens, "top_logp": trace.top_logp} if trace.top_tokens is not None else {}),
     })
     header = {"version": TRACE_VERSION, "prompt_ids": trace.prompt_ids, "max_new_tokens": trace.max_new_tokens,
               "depth": trace.depth, "stop_ids": sorted(trace.stop_ids), "mismatches": sorted(trace.branches), "meta": trace.meta}
@@ -184,6 +191,8 @@ def load_trace(path: Path) -> Trace:
         header["prompt_ids"], df.target_token.astype(int).tolist(), df.draft_token.astype(int).tolist(),
         sig(df.entropy, df.top1, df.margin, df.topk_entropy if "topk_entropy" in df else None), branches, header["max_new_tokens"], header["depth"],
         frozenset(header["stop_ids"]), header["meta"],
+        [list(map(int, t)) for t in df.top_tokens] if "top_tokens" in df else None,
+        [list(map(float, t)) for t in df.top_logp] if "top_logp" in df else None,
     )
 
 
