@@ -60,7 +60,7 @@ def ship_heterospec() -> None:
 
     draft = load_model(DEFAULT_DRAFT, "bf16", "cpu", "torch").runner
     for level in ("bf16", "int8", "nf4"):
-        traces = [redraft(t, draft, draft.vocab) for t in load_traces(EVAL / "traces" / "train" / level)]
+        traces = [redraft(t, draft, draft.vocab, depth=0) for t in load_traces(EVAL / "traces" / "train" / level)]
         setup = replace(PAIR, compression=level)
         trained = train_heterospec(traces, setup)
         for draft_level in ("bf16", "nf4"):

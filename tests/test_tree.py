@@ -182,3 +182,39 @@ def test_beam_trees_are_refused_by_replay(tiny_pair):
     tr = collect_trace(target, draft, [1, 2, 3], 20, depth=8)
     with pytest.raises(SpeckvError, match="beam trees"):
         replay(tr, make_controller("tree:depth=4,nodes=12,width=3"))
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--controller", "tree:depth=5,nodes=3"], "nodes=3 < depth=5"),
+    (["--controller", "tree:width=0"], "width=0 is out of range"),
+    (["--controller", "tree:depth=4,rerank,spine"], "exclude each other"),
+    (["--controller", "tree:deep=4"], "'deep=4' is not one of"),
+    (["--controller", "tree", "--drafter", "lookup"], "drafts token trees from a draft model"),
+    (["--controller", "heterospec", "--drafter", "lookup"], "drafts token trees from a draft model"),
+])
+def test_bad_tree_requests_fail_before_any_model_loads(cli, args, msg):
+    code, _, err = cli("generate", "hi", "--target", "no-such-model", *args)  # loading would fail otherwise
+    assert code == 2 and msg in err and err.startswith("speckv: error:") and err.count("\n") == 1, err
+
+
+def test_tree_oracle_is_never_slower_than_the_chain_oracle(tiny_pair):
+    """The tree oracle ends a run with the runners-up where the target's token is among them: it
+    never predicts a slower replay than the chain oracle, and does gain somewhere on the tiny pair."""
+    from speckv.cost import CostModel
+    from speckv.measure.replay import oracle, replay
+    from speckv.measure.trace import collect_trace
+
+    target, draft = tiny_pair
+    cost = CostModel.ratio()
+    gen = torch.Generator().manual_seed(5)
+    gained = 0
+    for _ in range(6):
+        prompt = torch.randint(0, 64, (8,), generator=gen).tolist()
+        tr = collect_trace(target, draft, prompt, 30, depth=12)
+        chain = replay(tr, oracle(tr, cost), cost)
+        tree = replay(tr, oracle(tr, cost, tree_width=4), cost)
+        ms = lambda steps: sum(s.draft_ms + s.verify_ms for s in steps)  # noqa: E731
+        assert ms(tree) <= ms(chain) + 1e-6
+        assert sum(s.emitted for s in tree) == len(tr.output_ids)
+        gained += any(s.tree_depth for s in tree)
+    assert gained

@@ -125,7 +125,7 @@ def generate(
     backend: Backend = "auto",
     drafter: Drafter = "auto",
     draft_vocab: DraftVocab = None,
-    controller: Annotated[str, typer.Option(help="auto (trained cost-aware if present), fixed:N, tree[:depth=D,nodes=N,width=W,rerank], heterospec, autoregressive, hf-heuristic, hf-confidence, p-min, cost-aware, speckv")] = "auto",
+    controller: Annotated[str, typer.Option(help="auto (trained cost-aware if present), fixed:N, tree[:depth=D,nodes=N,width=W,rerank|spine], heterospec, cost-tree, autoregressive, hf-heuristic, hf-confidence, p-min, cost-aware, speckv")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples")] = 0.0,
     top_p: Annotated[Optional[float], typer.Option(help="nucleus sampling mass")] = None,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
-from speckv.control.oracle import Oracle, model_runs
+from speckv.control.oracle import Oracle, model_runs, runner_up_ranks
 from speckv.drafting import base, tree
 from speckv.drafting.base import Draft, Proposal
 from speckv.engine.sampling import walk
@@ -134,9 +134,10 @@ def trace_source(trace: Trace, drafter: str = "model"):
     return parse_drafter(drafter).source(TraceSource(trace))
 
 
-def oracle(trace: Trace, cost, drafter: str = "model", max_gamma: int = 32) -> Oracle:
+def oracle(trace: Trace, cost, drafter: str = "model", max_gamma: int = 32, tree_width: int = 0) -> Oracle:
     """The oracle over the proposers of a drafter spec (model, lookup, hybrid: the
-    drafter-choosing oracle), replayed with `replay(trace, oracle, cost, drafter)`."""
+    drafter-choosing oracle), replayed with `replay(trace, oracle, cost, drafter)`; `tree_width`
+    > 1 makes it the tree oracle (spine trees offering that many candidates where a run ends)."""
     source = trace_source(trace, drafter)
     runs = {}
     if "model" in source.kinds:
@@ -144,7 +145,12 @@ def oracle(trace: Trace, cost, drafter: str = "model", max_gamma: int = 32) -> O
     if "lookup" in source.kinds:
         lookup = source.lookup if hasattr(source, "lookup") else source
         runs["lookup"] = [k for _, k in lookup_offers(trace, lookup, max_gamma)] + [0]
-    return Oracle(trace, cost, max_gamma, runs)
+    runner_up = None
+    if tree_width > 1 and "model" in source.kinds:
+        if trace.top_tokens is None:
+            raise SpeckvError("the tree oracle needs traces that record the draft's best tokens: recollect with `speckv trace`")
+        runner_up = runner_up_ranks(trace, tree_width)
+    return Oracle(trace, cost, max_gamma, runs, runner_up)
 
 
 def lookup_offers(trace: Trace, lookup, max_gamma: int) -> Iterator[tuple[list[Proposal], int]]:

@@ -123,16 +123,20 @@ def _draft_pass(cache, prompt_ids: list[int], output: list[int], vocab: int, dep
     return draft_tokens, rows, branches
 
 
-def redraft(trace: Trace, draft, vocab: int) -> Trace:
-    """The trace with its on-path draft signals recomputed by `draft` (a Runner): one batched
-    teacher-forced pass, no target forward. For traces collected before a signal was recorded."""
+@torch.inference_mode()
+def redraft(trace: Trace, draft, vocab: int, depth: int | None = None) -> Trace:
+    """The trace as `draft` (a Runner) would have made it over the same output, with continuations
+    of `depth` tokens (default: the trace's): no target forward. For traces collected before a
+    signal was recorded, or to price another draft against the same target output."""
+    depth = trace.depth if depth is None else depth
     cache = draft.sequence()
     try:
-        _, rows, _ = _draft_pass(cache, list(trace.prompt_ids), list(trace.output_ids), vocab, 0, trace.stop_ids)
+        tokens, rows, branches = _draft_pass(cache, list(trace.prompt_ids), list(trace.output_ids), vocab, depth,
+                                             trace.stop_ids)
     finally:
         cache.close()
-    return replace(trace, signals=[r.signals for r in rows], top_tokens=[r.tokens for r in rows],
-                   top_logp=[r.logp for r in rows])
+    return replace(trace, draft_tokens=tokens, signals=[r.signals for r in rows], branches=branches, depth=depth,
+                   top_tokens=[r.tokens for r in rows], top_logp=[r.logp for r in rows])
 
 
 def _signal_columns(signals: list[TokenSignals], prefix: str = "") -> dict:
