@@ -26,7 +26,7 @@ from drafter_choice import held_out
 from speckv.bench.llama_server import Peers
 from speckv.bench.side_by_side import run_method
 from speckv.files import write_json
-from speckv.measure.stats import aggregate_tps, paired_ratio_ci
+from speckv.measure.stats import live_summary
 
 TASKS = ("code", "math", "chat", "summarization", "edit")
 METHODS = ("autoregressive", "auto", "llamacpp-server", "llamacpp-spec", "llamacpp-spec:4")
@@ -63,17 +63,9 @@ def main() -> None:
     finally:
         peers.close()
     runs = pd.DataFrame(rows)
-    summary = {"live_s": round(time.time() - t_start),
-               "tokens_per_s": {m: round(aggregate_tps(runs[runs.controller == m]), 2) for m in labels}}
-    per_task = {t: {m: round(aggregate_tps(runs[(runs.task == t) & (runs.controller == m)]), 2) for m in labels}
-                for t in dict.fromkeys(runs.task)}
-    cis = {}
-    for b in [m for m in labels if m != "auto"]:
-        ci = paired_ratio_ci(runs, "auto", b)
-        cis[f"auto / {b}"] = [round(ci.ratio, 3), round(ci.low, 3), round(ci.high, 3)]
-    alone = runs[runs.controller == "autoregressive"].set_index("prompt_id")["tokens"]
-    same = {m: round(float(sum(list(r.tokens) == list(alone[r.prompt_id]) for r in runs[runs.controller == m].itertuples())
-                           / len(prompts)), 3) for m in labels}
+    table = live_summary(runs, labels, [("auto", b) for b in labels if b != "auto"])
+    summary = {"live_s": round(time.time() - t_start), "tokens_per_s": table["tokens_per_s"]}
+    per_task, cis, same = table["per_task"], table["ratio_ci"], table["same_output_as_autoregressive"]
     payload = {"summary": summary, "ratio_ci": cis, "per_task": per_task, "same_output_as_autoregressive": same,
                "rows": rows, "config": {"per": args.per, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                                         "compression": args.compression, "draft_compression": args.draft_compression,

@@ -24,7 +24,7 @@ import pandas as pd
 from drafter_choice import held_out
 from speckv.api import Decoder, default_draft_level
 from speckv.files import write_json
-from speckv.measure.stats import aggregate_tps, paired_ratio_ci
+from speckv.measure.stats import live_summary
 from speckv.models.load import load_model
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -83,20 +83,10 @@ def main() -> None:
             print(f"{i + 1}/{len(prompts)} {task:13s} {label:18s} {res.stats.tokens_per_s:6.2f} tok/s "
                   f"acc/step {res.stats.mean_accepted:.2f}", flush=True)
     runs = pd.DataFrame(rows)
-    summary = {"live_s": round(time.time() - t_start),
-               "tokens_per_s": {m: round(aggregate_tps(runs[runs.controller == m]), 2) for m in labels},
+    table = live_summary(runs, labels, PAIRS)
+    summary = {"live_s": round(time.time() - t_start), "tokens_per_s": table["tokens_per_s"],
                "mean_accepted_per_step": {m: round(float(runs[runs.controller == m].mean_accepted.mean()), 3) for m in labels}}
-    per_task = {t: {m: round(aggregate_tps(runs[(runs.task == t) & (runs.controller == m)]), 2) for m in labels}
-                for t in dict.fromkeys(runs.task)}
-    cis = {}
-    for a, b in PAIRS:
-        if a in labels and b in labels:
-            ci = paired_ratio_ci(runs, a, b)
-            cis[f"{a} / {b}"] = [round(ci.ratio, 3), round(ci.low, 3), round(ci.high, 3)]
-    alone = runs[runs.controller == "autoregressive"].set_index("prompt_id")["tokens"] if "autoregressive" in labels else None
-    same = None if alone is None else {
-        m: round(float(sum(list(r.tokens) == list(alone[r.prompt_id]) for r in runs[runs.controller == m].itertuples())
-                       / len(prompts)), 3) for m in labels}
+    per_task, cis, same = table["per_task"], table["ratio_ci"], table.get("same_output_as_autoregressive")
     payload = {"summary": summary, "ratio_ci": cis, "per_task": per_task, "same_output_as_autoregressive": same,
                "rows": rows, "config": {"per": args.per, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
                                         "compression": args.compression, "draft_compression": draft_level,

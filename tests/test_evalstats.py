@@ -205,3 +205,19 @@ def test_session_cost_refit_predicts_held_out_prompts_where_a_stale_calibration_
     assert table["refit_over_live"].to_numpy() == pytest.approx(1.0, rel=1e-6)
     assert table["refit_live_steps"].to_numpy() == pytest.approx(1.0, rel=1e-6)
     assert (table["calibrated_over_live"] > 1.2).all()  # 20% cheaper costs -> 25% more tokens/s predicted
+
+
+def test_live_summary_reports_rates_ratios_and_agreement():
+    from speckv.measure.stats import live_summary
+
+    rows = []
+    for i, task in enumerate(("code", "chat", "code", "chat")):
+        rows.append({"controller": "autoregressive", "prompt_id": f"p{i}", "task": task, "new_tokens": 10,
+                     "wall_s": 2.0, "tokens": [1, 2, 3]})
+        rows.append({"controller": "auto", "prompt_id": f"p{i}", "task": task, "new_tokens": 10, "wall_s": 1.0,
+                     "tokens": [1, 2, 3] if i else [1, 2, 4]})
+    out = live_summary(pd.DataFrame(rows), ["autoregressive", "auto"], [("auto", "autoregressive"), ("x", "auto")])
+    assert out["tokens_per_s"] == {"autoregressive": 5.0, "auto": 10.0}
+    assert out["per_task"]["chat"]["auto"] == 10.0
+    assert out["ratio_ci"] == {"auto / autoregressive": [2.0, 2.0, 2.0]}  # a pair naming a missing method is skipped
+    assert out["same_output_as_autoregressive"] == {"autoregressive": 1.0, "auto": 0.75}

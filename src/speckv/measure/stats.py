@@ -109,3 +109,25 @@ def headline(runs: pd.DataFrame, focus: str = "cost-aware",
             rows.append({"compression": comp, "controller": focus, "versus": other, "ratio": ci.ratio,
                          "ci_low": ci.low, "ci_high": ci.high, "n_prompts": ci.n_prompts})
     return pd.DataFrame(rows)
+
+
+def live_summary(runs: pd.DataFrame, labels: Sequence[str], pairs: Sequence[tuple[str, str]]) -> dict:
+    """What a live side-by-side benchmark reports, from its rows (controller, prompt_id, task,
+    new_tokens, wall_s, tokens): aggregate tokens/s per method and per task, paired CIs for `pairs`
+    (a over b), and how often each method's output equals the target alone's (`autoregressive`)."""
+    by = {m: runs[runs.controller == m] for m in labels}
+    out = {"tokens_per_s": {m: round(aggregate_tps(r), 2) for m, r in by.items()},
+           "per_task": {t: {m: round(aggregate_tps(r[r.task == t]), 2) for m, r in by.items()}
+                        for t in dict.fromkeys(runs.task)},
+           "ratio_ci": {}}
+    for a, b in pairs:
+        if a in labels and b in labels:
+            ci = paired_ratio_ci(runs, a, b)
+            out["ratio_ci"][f"{a} / {b}"] = [round(ci.ratio, 3), round(ci.low, 3), round(ci.high, 3)]
+    if "autoregressive" in labels:
+        alone = by["autoregressive"].set_index("prompt_id")["tokens"]
+        prompts = runs.prompt_id.nunique()
+        out["same_output_as_autoregressive"] = {
+            m: round(float(sum(list(x.tokens) == list(alone[x.prompt_id]) for x in r.itertuples()) / prompts), 3)
+            for m, r in by.items()}
+    return out
