@@ -218,3 +218,24 @@ def test_tree_oracle_is_never_slower_than_the_chain_oracle(tiny_pair):
         assert sum(s.emitted for s in tree) == len(tr.output_ids)
         gained += any(s.tree_depth for s in tree)
     assert gained
+
+
+def test_long_prompts_prefill_in_chunks_to_the_same_cache(monkeypatch):
+    """A prompt longer than the prefill chunk goes through in pieces: the next token's logits equal
+    one whole forward's (float32)."""
+    from speckv.backends import hf
+
+    model = tiny_model(4)
+    runner = as_runner(model)
+    prompt = torch.randint(0, 64, (200,), generator=torch.Generator().manual_seed(0)).tolist()
+    whole = runner.sequence()
+    want = whole.forward(prompt, 3, 64)
+    monkeypatch.setattr(hf, "PREFILL_CHUNK", 48)
+    calls = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: calls.append(k["input_ids"].shape[1]) or real(*a, **k))
+    chunked = runner.sequence()
+    got = chunked.forward(prompt, 3, 64)
+    assert max(calls) <= 48 and sum(calls) == 200 and len(chunked) == 200
+    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.allclose(chunked.forward([5], 1, 64), whole.forward([5], 1, 64), atol=1e-4)

@@ -15,6 +15,9 @@ from transformers import DynamicCache
 
 from speckv.backends.base import check_parents
 
+#: tokens per forward when a sequence reads a long prompt: peak activation memory is bounded by this
+PREFILL_CHUNK = 1024
+
 
 class TorchSequence:
     tree_capable = True
@@ -29,7 +32,14 @@ class TorchSequence:
         return self.cache.get_seq_length()
 
     def forward(self, tokens: list[int], rows: int, vocab: int, parents: list[int | None] | None = None) -> torch.Tensor:
-        """Only the last `rows` positions go through the LM head."""
+        """Only the last `rows` positions go through the LM head. A long chain (a prompt) goes
+        through in chunks of PREFILL_CHUNK tokens, so activations stay bounded whatever its length
+        (the cache holds the same keys and values either way)."""
+        if parents is None and not self.branch and len(tokens) > PREFILL_CHUNK and rows <= PREFILL_CHUNK:
+            cut = len(tokens) - PREFILL_CHUNK
+            for start in range(0, cut, PREFILL_CHUNK):
+                self.forward(tokens[start:min(start + PREFILL_CHUNK, cut)], 1, vocab)
+            tokens = tokens[cut:]
         input_ids = torch.tensor([tokens], device=self.module.device)
         extra = {}
         if parents is not None or self.branch:
