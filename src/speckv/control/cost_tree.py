@@ -7,10 +7,11 @@ model, a width-w level adds about S * (a + sibling share) expected tokens, where
 accepted with about (1 - a) * q_j / (1 - q_1) (the target's choice, once it is not the draft's
 first, follows the rest of the draft's distribution: q_2 = top1 - margin is known, later siblings
 are taken to halve), and an accepted sibling is worth 1 + alpha tokens (its own child, kept in the
-beam, is accepted at the running rate alpha). The level costs its extra verified nodes (the cost model's per-n verification
-curve) plus one draft forward; the policy keeps the width whose gain beats the running rate R times
-that cost by most, and ends the tree when none does. R, the online bias and the costs are
-cost-aware's own. Off a tree-capable backend the same object drafts cost-aware chains.
+beam, is accepted at the running rate alpha). The level costs its extra verified nodes (the cost
+model's per-n verification curve) plus one draft forward; the policy keeps the width whose gain
+beats the running rate R times that cost by most, and ends the tree when none does. R, the online
+bias and the costs are cost-aware's own. Off a tree-capable backend the same object drafts
+cost-aware chains.
 """
 
 from __future__ import annotations
