@@ -20,8 +20,6 @@ PREFILL_CHUNK = 1024
 
 
 class TorchSequence:
-    tree_capable = True
-
     def __init__(self, module: torch.nn.Module):
         self.module = module
         self.cache = DynamicCache(config=module.config)
@@ -51,7 +49,6 @@ class TorchSequence:
         """Position ids and the additive mask for appending entries with these parents."""
         base = len(self)
         check_parents(parents, base, bool(self.branch))
-        committed = min(self.branch, default=base)  # entries below it form one chain
         n = len(parents)
         allowed = torch.zeros(n, base + n, dtype=torch.bool)
         positions = []
@@ -60,7 +57,6 @@ class TorchSequence:
             if parent is None:  # a committed token continuing the chain
                 allowed[i, : index + 1] = True
                 positions.append(index)
-                committed = index + 1
                 continue
             self.branch[index] = (parent, (self.branch[parent][1] if parent in self.branch else parent) + 1)
             positions.append(self.branch[index][1])

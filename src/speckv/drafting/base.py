@@ -47,11 +47,19 @@ class Draft:
         return len(self.tree) if self.tree is not None else len(self.proposals)
 
     @property
+    def depth(self) -> int:
+        """A tree's levels; 0 for a chain."""
+        return self.tree.depth() if self.tree is not None else 0
+
+    @property
     def tokens(self) -> list[int]:
         return [p.token for p in self.proposals]
 
     @property
     def signals(self) -> list[TokenSignals]:
+        """Per drafted token; for a tree, along its spine (what controllers observe)."""
+        if self.tree is not None:
+            return [self.tree.signals[n] for n in self.tree.spine]
         return [p.signals for p in self.proposals]
 
     def probs(self, vocab: int, device: torch.device) -> torch.Tensor:

@@ -133,8 +133,6 @@ class Engine:
                     prefill_ms += (time.perf_counter() - t1) * 1000
                 d = drafter.propose(ids, budget, controller, config, generator, stop_ids)
                 drafted, signals, draft_ms = d.tokens, d.signals, d.draft_ms
-                if d.tree is not None:
-                    signals = [d.tree.signals[n] for n in d.tree.spine]
                 source = d.source if d.size else ""
                 control_ms += d.control_ms
                 if drafted and config.do_sample:  # (a tree's candidates are deterministic)
@@ -165,7 +163,7 @@ class Engine:
                 drafter.rollback(len(ids) - 1, tree_path)
 
             t3 = time.perf_counter()
-            size, depth = (len(d.tree), d.tree.depth()) if d is not None and d.tree is not None else (len(drafted), 0)
+            size, depth = (d.size, d.depth) if d is not None else (0, 0)
             controller.observe(StepOutcome(budget, size, accepted, tuple(signals), source, depth))
             control_ms += (time.perf_counter() - t3) * 1000
             record = StepRecord(

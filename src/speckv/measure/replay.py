@@ -188,15 +188,14 @@ def replay(trace: Trace, controller: Controller, cost=None, drafter: str = "mode
                 raise SpeckvError(f"controller {controller.name} asked for drafts without a draft model")
             draft = proposer.propose(ids, budget, controller, None, None, trace.stop_ids)
             tokens, signals, used = draft.tokens, draft.signals, draft.source if draft.size else ""
+            size, depth = draft.size, draft.depth
             if draft.tree is not None:
-                signals = [draft.tree.signals[n] for n in draft.tree.spine]
-                size, depth, accepted = len(draft.tree), draft.tree.depth(), tree_outcome(draft.tree, out, p)
+                accepted = tree_outcome(draft.tree, out, p)
             while accepted < len(tokens) and tokens[accepted] == out[p + accepted]:
                 accepted += 1
             control_s += draft.control_ms / 1000
         emitted = len(out[p : p + accepted + 1])
         t0 = time.perf_counter()
-        size = size or len(tokens)
         controller.observe(StepOutcome(budget, size, accepted, tuple(signals), used, depth))
         control_s += time.perf_counter() - t0
         record = StepRecord(
