@@ -26,6 +26,7 @@ def child(length: int, chunk: int, level: str) -> dict:
     import transformers
 
     from speckv.backends import hf
+    from speckv.measure.memory import peak_gib, reset_peak, status_gib
     from speckv.models.load import load_model
     from speckv.models.registry import DEFAULT_TARGET
 
@@ -34,22 +35,16 @@ def child(length: int, chunk: int, level: str) -> dict:
     text = (Path(transformers.__file__).parent / "modeling_utils.py").read_text()
     ids = model.tokenizer(text)["input_ids"][:length]
     gc.collect()
-    loaded = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark: loading's peak is not prefill's
+    loaded = status_gib("VmRSS")
+    reset_peak()  # loading's peak is not prefill's
     seq = model.runner.sequence()
     t0 = time.perf_counter()
     with torch.inference_mode():
         seq.forward(ids, 1, model.runner.vocab)
     return {"tokens": len(ids), "chunk": chunk, "level": level, "prefill_s": round(time.perf_counter() - t0, 2),
-            "rss_before_gib": round(loaded, 2), "peak_rss_gib": round(_status("VmHWM"), 2),
-            "peak_over_weights_gib": round(_status("VmHWM") - loaded, 2),
+            "rss_before_gib": round(loaded, 2), "peak_rss_gib": round(peak_gib(), 2),
+            "peak_over_weights_gib": round(peak_gib() - loaded, 2),
             "load_peak_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)}
-
-
-def _status(key: str) -> float:
-    """A /proc/self/status memory line in GiB."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
-    return int(line.split()[1]) / 2**20
 
 
 def main() -> None:

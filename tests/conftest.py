@@ -11,12 +11,13 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 
-def tiny_model(seed: int, vocab: int = 64, layers: int = 2, hidden: int = 32, temperature: float = 1.0) -> Qwen2ForCausalLM:
+def tiny_model(seed: int, vocab: int = 64, layers: int = 2, hidden: int = 32, temperature: float = 1.0,
+               context: int = 256) -> Qwen2ForCausalLM:
     """A random Qwen2 small enough to run thousands of forwards in seconds."""
     torch.manual_seed(seed)
     config = Qwen2Config(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=context,
         tie_word_embeddings=False, eos_token_id=None, bos_token_id=None, pad_token_id=None,
     )
     model = Qwen2ForCausalLM(config).eval()

@@ -14,11 +14,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from speckv.control import Controller, ControllerSpec, Setup, cost_path, make_controller
+from speckv.control import Controller, ControllerSpec, Setup, cost_for, cost_path, make_controller
 from speckv.data.prompts import check_unicode
 from speckv.detok import Detokenizer
 from speckv.drafting import DrafterSpec, parse_drafter
 from speckv.drafting.chain import ChainSource
+from speckv.drafting.context import LongContext, auto_threshold
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.records import Stats, StepRecord
@@ -94,6 +95,21 @@ def _tree_needs_model(controller, has_model: bool) -> None:
                           "(give --draft, and --drafter model or hybrid)")
 
 
+def _check_long_context(spec, draft_backend: str | None) -> LongContext:
+    """A long-context spec, refused where it cannot work: window and retrieval reshape a
+    transformers draft's cache (llama.cpp's is out of reach); `auto` keeps the full cache there."""
+    context = LongContext.parse(spec)
+    if context.mode in ("window", "retrieval"):
+        if draft_backend is None:
+            raise SpeckvError(f"--long-context {context.mode} shapes the draft model's cache; this run drafts without one")
+        if draft_backend != "torch":
+            raise SpeckvError(f"--long-context {context.mode} needs the transformers backend (--backend torch); "
+                              f"{draft_backend} keeps the draft's cache out of reach")
+    if context.mode == "auto" and draft_backend not in (None, "torch"):
+        return LongContext("full")
+    return context
+
+
 def _check_tokenizers(target: LoadedModel, draft: LoadedModel) -> None:
     if target.tokenizer.get_vocab() != draft.tokenizer.get_vocab():
         raise SpeckvError(
@@ -107,14 +123,17 @@ class Decoder:
     take turns step by step)."""
 
     def __init__(self, target: LoadedModel, draft: LoadedModel | None, controller: str | Controller | None = None,
-                 drafter: str | DrafterSpec = "auto", probe: bool = False):
+                 drafter: str | DrafterSpec = "auto", probe: bool = False, long_context: str | LongContext | None = "auto"):
         """drafter: `auto` (hybrid with a draft model, else the target alone), `model` (the draft
         model's chain), `lookup[:N_MAX[:N_MIN]]` (prompt lookup: no draft model needed) or
         `hybrid[:N_MAX[:N_MIN]]` (the controller picks lookup or the model per step).
         probe: with no cost model for this setup yet, time a few forwards first (measure/probe.py)
-        so that `auto` prices drafts at this machine's costs (speckv.load does this)."""
+        so that `auto` prices drafts at this machine's costs (speckv.load does this).
+        long_context: what of a long prompt the draft model attends to (drafting/context.py): full,
+        window, retrieval or auto (retrieval from a length the cost model picks)."""
         spec = parse_drafter(drafter).resolve(draft is not None)
         uses_model = spec.needs_model and draft is not None
+        context = _check_long_context(long_context, draft.backend if uses_model else None)
         if uses_model:
             _check_tokenizers(target, draft)
         self.target = target
@@ -124,17 +143,22 @@ class Decoder:
         self.drafter = spec
         if uses_model and draft.backend != target.backend:
             raise SpeckvError(f"draft runs on {draft.backend} and target on {target.backend}; load both on one backend")
-        source = spec.source(ChainSource(draft.runner) if uses_model else None)
-        self.engine = Engine(target.runner, source)
         #: selects trained controller artifacts and calibrated costs for this pair
         self.setup = Setup(target.name, draft.name if uses_model else "-", target.compression,
                            draft.compression if uses_model else "-", target.runner.device.type,
                            getattr(draft.model, "requested", None) if uses_model else None, target.backend)
+        self._warned = False
+        if probe and spec.kind != "none" and not cost_path(self.setup).is_file():
+            self._probe_costs()
+        if context.mode == "auto" and context.threshold is None:
+            cost = cost_for(self.setup)
+            context = context.with_threshold(auto_threshold(lambda n: cost.draft_ms(1, n), context.budget))
+        #: what of a long prompt the draft model attends to (auto: with its threshold chosen)
+        self.long_context = context
+        source = spec.source(ChainSource(draft.runner, context=context) if uses_model else None)
+        self.engine = Engine(target.runner, source)
         if controller is None:
             controller = "auto" if source else "autoregressive"
-        self._warned = False
-        if probe and source is not None and not cost_path(self.setup).is_file():
-            self._probe_costs()
         #: the default policy: a template, each run gets a deep copy (runs never share its state)
         self.controller = self._controller(controller)
         self._lock = threading.Lock()  # held for one engine step (or one tokenizer call) at a time
@@ -334,6 +358,7 @@ def load(
     drafter: str = "auto",
     draft_vocab: int | None = None,
     backend: str = "auto",
+    long_context: str = "auto",
 ) -> Decoder:
     """Load (provisioning if needed) a target and draft; draft=None gives the target alone (or
     prompt lookup). drafter: `auto` (hybrid: prompt lookup or the draft model, chosen per step),
@@ -345,7 +370,8 @@ def load(
     compression overrides it for the target and draft_compression for the draft. Levels:
     fp32|bf16|fp16|int8|nf4 on transformers (default bf16; the draft NF4 on CPU:
     default_draft_level), q4_k_m|q8_0|bf16|f16|f32|native on llama.cpp (default native: the
-    GGUF as it is). Losslessness is relative to the compressed target."""
+    GGUF as it is). Losslessness is relative to the compressed target.
+    long_context: full, window, retrieval or auto[:options] (drafting/context.py)."""
     if controller is not None:
         _checked_controller(controller)  # fail on a bad controller before loading gigabytes
         _tree_needs_model(controller, bool(draft) and parse_drafter(drafter).resolve(bool(draft)).needs_model)
@@ -353,6 +379,7 @@ def load(
                            "draft_vocab (a reduced draft head)" if draft_vocab is not None else None)
     if not parse_drafter(drafter).resolve(draft is not None).needs_model:
         draft = None  # prompt lookup needs no draft model
+    _check_long_context(long_context, backend if draft else None)  # before loading, too
     target_level = parse_level(compression or dtype, backend)
     draft_level = parse_level(draft_compression or default_draft_level(dtype, device, backend), backend)
     if draft_vocab is not None and not draft:
@@ -369,7 +396,7 @@ def load(
         from speckv.models.reduced_head import reduce_head
 
         draft_model = reduce_head(draft_model, draft_vocab, token_ranking(draft_model.tokenizer))
-    return Decoder(target_model, draft_model, controller, drafter, probe=True)
+    return Decoder(target_model, draft_model, controller, drafter, probe=True, long_context=long_context)
 
 
 def default_draft_level(dtype: str | None, device: str, backend: str = "torch") -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -29,6 +30,8 @@ Backend = Annotated[str, typer.Option(help="auto (llama.cpp on CPU when installe
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
 DraftVocab = Annotated[Optional[int], typer.Option(help="draft over the N most frequent tokens only (a reduced LM head, FR-Spec)")]
 Drafter = Annotated[str, typer.Option(help="auto (hybrid with a draft model), model (the draft model proposes), lookup[:N_MAX[:N_MIN]] (prompt lookup: n-grams of the text, no draft model) or hybrid[:N_MAX[:N_MIN]] (the controller picks lookup or the model per step)")]
+
+LongCtx = Annotated[str, typer.Option(help="what of a long prompt the draft model attends to: auto (retrieval from a prompt length the cost model picks), full, window (attention sinks + recent tokens) or retrieval (the chunks the target attends to, SpecExtend); options after a colon: budget=N,chunk=N,refresh=N,sinks=N,threshold=N (docs/long_context.md)")]
 
 
 def _err(message: str) -> None:
@@ -125,6 +128,7 @@ def generate(
     backend: Backend = "auto",
     drafter: Drafter = "auto",
     draft_vocab: DraftVocab = None,
+    long_context: LongCtx = "auto",
     controller: Annotated[str, typer.Option(help="auto (trained cost-aware if present), fixed:N, tree[:depth=D,nodes=N,width=W,rerank|spine], heterospec, cost-tree, autoregressive, hf-heuristic, hf-confidence, p-min, cost-aware, speckv")] = "auto",
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 128,
     temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples")] = 0.0,
@@ -157,7 +161,7 @@ def generate(
     uses_draft = ControllerSpec.parse(controller).uses_draft  # the target alone needs no draft loaded
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller, drafter=drafter,
                       device=device, compression=compression, draft_compression=draft_compression, draft_vocab=draft_vocab,
-                      backend=backend)
+                      backend=backend, long_context=long_context)
     encoded = []
     for p in prompts:  # every prompt must fit before any is generated
         try:
@@ -187,6 +191,7 @@ def serve(
     backend: Backend = "auto",
     drafter: Drafter = "auto",
     draft_vocab: DraftVocab = None,
+    long_context: LongCtx = "auto",
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="port to listen on (0: any free port)")] = 8000,
     queue_size: Annotated[int, typer.Option(help="requests that may wait for the single generation worker (more: 429)")] = 16,
@@ -206,7 +211,7 @@ def serve(
     sock = bind(host, port)  # a busy port or bad host fails now, not after the load
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression, drafter=drafter,
-                      draft_vocab=draft_vocab, backend=backend)
+                      draft_vocab=draft_vocab, backend=backend, long_context=long_context)
     run_server(dec, host, port, queue_size=queue_size, timeout=timeout, model_name=target, sock=sock,
                ready=lambda url: typer.echo(f"speckv: serving {target} at {url}"))
 
@@ -228,6 +233,7 @@ def bench(
     backend: Backend = "auto",
     drafter: Drafter = "auto",
     draft_vocab: DraftVocab = None,
+    long_context: LongCtx = "auto",
     out: Annotated[Optional[Path], typer.Option(help="write per-prompt rows and the summary as JSON")] = None,
 ) -> None:
     """Tokens/s of several methods on the same prompts, interleaved per prompt."""
@@ -253,9 +259,9 @@ def bench(
     dec = speckv.load(target=target, draft=draft if need_draft else None, dtype=dtype, device=device,
                       compression=compression, draft_compression=draft_compression,
                       drafter=ours if ours.needs_model or not need_draft else "model", draft_vocab=draft_vocab,
-                      backend=backend)
+                      backend=backend, long_context=long_context)
     if dec.draft is not None and not ours.needs_model:  # our methods draft by lookup; hf-assisted keeps the draft model
-        dec = speckv.Decoder(dec.target, dec.draft, None, ours)
+        dec = speckv.Decoder(dec.target, dec.draft, None, ours, long_context=dec.long_context)
     rows = _side_by_side(dec, names, chosen, max_new_tokens)
     _print_bench(dec, rows, names, f"{len(chosen)} prompts x {max_new_tokens} tokens")
     if out:
@@ -607,17 +613,28 @@ def train(
         typer.echo(str(path))
 
 
+EVAL_CONTROLLERS = "fixed:4,hf-heuristic,hf-confidence:16,p-min,speckv,cost-aware,oracle"
+
+
 @app.command("eval")
 @_locks_out()
 def eval_(
     out: Annotated[Path, typer.Option(help="evaluation directory (from speckv trace, calibrate, train)")],
-    controllers: Annotated[str, typer.Option(help="controllers to compare (oracle: replay only)")] =
-        "fixed:4,hf-heuristic,hf-confidence:16,p-min,speckv,cost-aware,oracle",
+    controllers: Annotated[str, typer.Option(help="controllers to compare (oracle: replay only); with --long-context the one controller that drafts (default auto)")] = EVAL_CONTROLLERS,
     baselines: Annotated[str, typer.Option(help="also run: autoregressive, hf-assisted[:N], hf-lookup[:N]")] = "autoregressive,hf-assisted",
     compression: Annotated[Optional[str], typer.Option(help="subset of the directory's levels")] = None,
     live: Annotated[bool, typer.Option(help="also run live (wall clock); --no-live replays only")] = True,
+    long_context: Annotated[Optional[str], typer.Option(help="instead: compare these --long-context modes (comma list of full, window, retrieval, auto) live on long documents, beside the target alone")] = None,
+    lengths: Annotated[str, typer.Option(help="--long-context: document lengths in tokens")] = "2048,4096,8192,16384",
+    docs: Annotated[int, typer.Option(help="--long-context: documents per length")] = 8,
+    max_new_tokens: Annotated[int, typer.Option(help="--long-context: tokens generated per document")] = 64,
+    seed: Annotated[int, typer.Option(help="--long-context: which documents")] = 0,
 ) -> None:
-    """Replay every controller and run them live on held-out prompts; tables with bootstrap CIs."""
+    """Replay every controller and run them live on held-out prompts; tables with bootstrap CIs.
+    With --long-context: long documents, each method live on each (docs/long_context.md)."""
+    if long_context is not None:
+        controller = "auto" if controllers == EVAL_CONTROLLERS else controllers
+        return _eval_long(out, long_context, lengths, docs, max_new_tokens, seed, compression, controller)
     from speckv.bench.evaluate import Session, assemble, evaluate, unit_path
     from speckv.control import ControllerSpec
     from speckv.report.eval_page import build
@@ -654,6 +671,50 @@ def eval_(
         if not table.empty:
             typer.echo(f"{title}:\n{table.round(3).to_string(index=False)}")
     typer.echo(str(build(out)))
+
+
+def _eval_long(out: Path, modes: str, lengths: str, docs: int, max_new_tokens: int, seed: int,
+               compression: Optional[str], controller: str) -> None:
+    """`speckv eval --long-context`: the workflow lives in bench/long_context.py."""
+    from dataclasses import asdict
+
+    import speckv
+    from speckv.bench.long_context import LongConfig, check_modes, decoders_for, evaluate_long, summary
+    from speckv.control import ControllerSpec
+    from speckv.files import dir_lock, write_json
+    from speckv.measure.profile import claim_dir
+    from speckv.models.load import parse_level
+
+    sizes = _csv_list(lengths, int)
+    if not sizes or min(sizes) < 512 or max(sizes) > 32768:
+        raise SpeckvError(f"--lengths must lie in [512, 32768] tokens (got {lengths})")
+    if docs < 1 or max_new_tokens < 1:
+        raise SpeckvError("--docs and --max-new-tokens must be positive")
+    if not ControllerSpec.parse(controller).uses_draft:
+        raise SpeckvError(f"--controllers {controller}: the long-context comparison needs a controller that drafts")
+    config = LongConfig(sizes, docs, check_modes(tuple(_spec_list(modes))), controller, max_new_tokens, seed,
+                        DEFAULT_TARGET, DEFAULT_DRAFT, parse_level(compression or "bf16", "torch"))
+    with dir_lock(out) if not out.is_dir() else contextlib.nullcontext():  # eval holds an existing --out already
+        claim_dir(out, "long_context.json", asdict(config), tuple(asdict(config)), force=False)
+        dec = speckv.load(target=config.target, draft=config.draft, compression=config.compression, backend="torch",
+                          drafter=config.drafter, long_context="full", controller=controller)
+        decoders = decoders_for(dec, config)
+        bar = _Bar("long documents")
+        bar.start(len(sizes) * docs, 0)
+        try:
+            rows = evaluate_long(decoders, config, out, bar)
+        finally:
+            bar.stop()
+        table = summary(rows, config.methods())
+        write_json(out / "long_summary.json", {"config": asdict(config), "summary": table})
+    import pandas as pd
+
+    columns = ["length", "method", "docs", "decode_tps", "end_to_end_tps", "mean_accepted", "draft_ms_per_token",
+               "draft_prefill_s", "target_prefill_s", "peak_rss_gib", "same_as_alone", "decode_vs_full", "decode_vs_alone"]
+    frame = pd.DataFrame(table)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        typer.echo(frame[[c for c in columns if c in frame]].to_string(index=False))
+    typer.echo(str(out / "long_summary.json"))
 
 
 @app.command()

@@ -6,25 +6,55 @@ Trees: `forward(..., parents=...)` appends token-tree nodes with a 4D additive a
 (each node sees the committed prefix and its own ancestors) and position ids by depth, so keys are
 rotated for the position they will hold once their path is accepted; `compact` then keeps one
 path with an index_select on every layer, so nothing is recomputed.
+
+Long inputs (drafting/context.py): `gather` copies entries of one sequence into another at new
+positions. Cached keys carry their rotary position, so each moved key is re-rotated by the
+distance it moves (RoPE rotations compose: R(p + d) = R(d) R(p)); values carry no position. The
+target's `last_attention` (with `keep_queries`) is the last layer's attention of the newest cached
+token over the cache, averaged over heads: the query is kept from the forward that computed it (a
+hook on that one layer's q projection), so no layer switches to eager attention.
+
+Prompt cache (`TorchRunner.keep_prompts`, off by default): a runner remembers the keys and values
+of the last long prompt a sequence of it read, and a new sequence whose prompt starts with the same
+tokens copies them instead of recomputing (as llama-server's cache_prompt does): a document asked
+about again, or one document decoded under several settings, is read once. A copy holds exactly
+what the forward computed, so nothing downstream can tell.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from transformers import DynamicCache
+from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
 from speckv.backends.base import check_parents
 
 #: tokens per forward when a sequence reads a long prompt: peak activation memory is bounded by this
 PREFILL_CHUNK = 1024
+#: prompts shorter than this are not worth remembering
+KEEP_PROMPT_MIN = 512
+
+
+@dataclass
+class PromptCache:
+    """The keys and values (per layer) of the first len(tokens) entries of a sequence."""
+
+    tokens: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]
 
 
 class TorchSequence:
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, runner: TorchRunner | None = None):
         self.module = module
+        self.runner = runner  # where a remembered prompt lives (keep_prompts)
         self.cache = DynamicCache(config=module.config)
         #: tree entries past the committed prefix: cache index -> (parent cache index, position)
         self.branch: dict[int, tuple[int, int]] = {}
+        #: keep the last layer's queries of each forward (for last_attention); off: no hook runs
+        self.keep_queries = False
+        self._queries: dict[int, tuple[torch.Tensor, int]] = {}  # cache index -> (query before RoPE, position)
 
     def __len__(self) -> int:
         return self.cache.get_seq_length()
@@ -33,6 +63,8 @@ class TorchSequence:
         """Only the last `rows` positions go through the LM head. A long chain (a prompt) goes
         through in chunks of PREFILL_CHUNK tokens, so activations stay bounded whatever its length
         (the cache holds the same keys and values either way)."""
+        if len(self) == 0 and parents is None and self.runner is not None and self.runner.keep_prompts:
+            return self._read_prompt(tokens, rows, vocab)
         if parents is None and not self.branch and len(tokens) > PREFILL_CHUNK and rows <= PREFILL_CHUNK:
             cut = len(tokens) - PREFILL_CHUNK
             for start in range(0, cut, PREFILL_CHUNK):
@@ -42,8 +74,40 @@ class TorchSequence:
         extra = {}
         if parents is not None or self.branch:
             extra = self._tree_inputs(parents if parents is not None else [None] * len(tokens))
-        out = self.module(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=rows, **extra)
+        if not self.keep_queries:
+            out = self.module(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=rows, **extra)
+            return out.logits[0, -rows:, :vocab].float()
+        base, captured = len(self), []
+        hook = _last_attention(self.module).q_proj.register_forward_hook(lambda m, i, o: captured.append(o[0]))
+        try:
+            out = self.module(input_ids=input_ids, cache=self.cache, use_cache=True, logits_to_keep=rows, **extra)
+        finally:
+            hook.remove()
+        positions = extra["position_ids"][0].tolist() if extra else range(base, base + len(tokens))
+        self._queries = {base + i: (captured[0][i], p) for i, p in enumerate(positions)}
         return out.logits[0, -rows:, :vocab].float()
+
+    def _read_prompt(self, tokens: list[int], rows: int, vocab: int) -> torch.Tensor:
+        """The first forward with the runner's prompt cache: copy the longest remembered prefix
+        (leaving at least the rows asked for to compute), then remember this prompt if long."""
+        kept = self.runner.prompt
+        reuse = 0
+        if kept is not None:
+            limit = min(len(kept.tokens), len(tokens) - rows)
+            while reuse < limit and kept.tokens[reuse] == tokens[reuse]:
+                reuse += 1
+        if reuse:
+            for layer, (keys, values) in zip(self.cache.layers, kept.layers):
+                layer.lazy_initialization(keys, values)
+                layer.keys, layer.values = keys[..., :reuse, :].clone(), values[..., :reuse, :].clone()
+        runner, self.runner = self.runner, None  # the rest is an ordinary forward
+        try:
+            logits = self.forward(tokens[reuse:], rows, vocab)
+        finally:
+            self.runner = runner
+        if len(tokens) >= KEEP_PROMPT_MIN and not self.branch and (kept is None or reuse < len(tokens) - rows):
+            runner.prompt = PromptCache(list(tokens), [(layer.keys.clone(), layer.values.clone()) for layer in self.cache.layers])
+        return logits
 
     def _tree_inputs(self, parents: list[int | None]) -> dict:
         """Position ids and the additive mask for appending entries with these parents."""
@@ -81,6 +145,49 @@ class TorchSequence:
                 layer.keys = layer.keys.index_select(-2, keep)
                 layer.values = layer.values.index_select(-2, keep)
         self.branch.clear()
+        moved = {old: length + i for i, old in enumerate(path)}
+        self._queries = {moved.get(i, i): q for i, q in self._queries.items() if i < length or i in moved}
+
+    def gather(self, source: TorchSequence, indices: list[int]) -> None:
+        """Append the entries of `source` at `indices` (committed entries of one model's sequence)
+        here, each at the position it takes here: keys re-rotated by the distance moved."""
+        if self.branch or source.branch:
+            raise ValueError("gather works on committed entries only (compact the tree first)")
+        if not indices:
+            return
+        device = self.module.device
+        where = torch.tensor(indices, device=device)
+        delta = torch.arange(len(self), len(self) + len(indices), device=device) - where
+        cos = sin = None
+        for mine, theirs in zip(self.cache.layers, source.cache.layers):
+            keys = theirs.keys.index_select(-2, where)
+            values = theirs.values.index_select(-2, where)
+            if cos is None:
+                cos, sin = _rotation(self.module, keys, delta)
+            keys = (keys.float() * cos + rotate_half(keys.float()) * sin).to(keys.dtype)
+            if not mine.is_initialized:
+                mine.lazy_initialization(keys, values)
+            mine.keys = torch.cat([mine.keys, keys], dim=-2)
+            mine.values = torch.cat([mine.values, values], dim=-2)
+
+    def last_attention(self) -> torch.Tensor | None:
+        """The last layer's attention of the newest cached entry over all cached entries
+        (float32, averaged over heads); None when that entry's query was not kept."""
+        newest = len(self) - 1
+        if self.branch or newest not in self._queries:
+            return None
+        query, position = self._queries[newest]
+        attention = _last_attention(self.module)
+        head_dim = attention.head_dim
+        q = query.view(-1, head_dim)  # (heads, head_dim)
+        if getattr(attention, "q_norm", None) is not None:  # Qwen3-style models normalize queries before RoPE
+            q = attention.q_norm(q)
+        cos, sin = _rotation(self.module, q, torch.tensor([position], device=q.device))
+        q = q.float() * cos[0, 0] + rotate_half(q.float()) * sin[0, 0]
+        keys = self.cache.layers[-1].keys[0].float()  # (kv_heads, n, head_dim)
+        q = q.view(keys.shape[0], -1, head_dim)  # (kv_heads, group, head_dim): grouped-query attention
+        scores = torch.einsum("kgd,knd->kgn", q, keys) * head_dim ** -0.5
+        return scores.softmax(-1).mean(dim=(0, 1))
 
     def truncate(self, length: int) -> None:
         extra = self.cache.get_seq_length() - length
@@ -88,10 +195,31 @@ class TorchSequence:
             self.cache.crop(-extra)
         for index in [i for i in self.branch if i >= length]:
             del self.branch[index]
+        self._queries = {i: q for i, q in self._queries.items() if i < length}
 
     def close(self) -> None:
         self.cache = None
         self.branch = {}
+        self._queries = {}
+
+
+def _decoder(module: torch.nn.Module) -> torch.nn.Module:
+    """The decoder stack under the LM head (a ReducedHead wraps its model as `base`)."""
+    return getattr(module, "base", module).model
+
+
+def _last_attention(module: torch.nn.Module) -> torch.nn.Module:
+    return _decoder(module).layers[-1].self_attn
+
+
+def _rotation(module: torch.nn.Module, like: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (float32, broadcastable over heads) that rotate keys by `delta` positions.
+    Plain and linearly scaled RoPE compose this way; RoPE types that also scale magnitudes do not."""
+    rotary = _decoder(module).rotary_emb
+    if getattr(rotary, "attention_scaling", 1.0) != 1.0 or getattr(rotary, "rope_type", "default") not in ("default", "linear"):
+        raise ValueError(f"cannot move cached keys under {rotary.rope_type} RoPE")
+    cos, sin = rotary(like.float(), delta[None].to(like.device))
+    return cos.float()[:, None], sin.float()[:, None]
 
 
 class TorchRunner:
@@ -100,6 +228,9 @@ class TorchRunner:
     def __init__(self, module: torch.nn.Module):
         self.module = module
         self.device = module.device
+        #: remember the last long prompt's cache for sequences that start with it (see above)
+        self.keep_prompts = False
+        self.prompt: PromptCache | None = None
 
     @property
     def vocab(self) -> int:
@@ -119,7 +250,7 @@ class TorchRunner:
         return getattr(self.module.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
 
     def sequence(self) -> TorchSequence:
-        return TorchSequence(self.module)
+        return TorchSequence(self.module, self)
 
     def memory_bytes(self) -> int:
         base = getattr(self.module, "base", self.module)  # a ReducedHead wraps its model

@@ -36,6 +36,11 @@ def _cost_for(setup: Setup | None) -> CostModel | None:
     return None
 
 
+def cost_for(setup: Setup | None) -> CostModel:
+    """The cost model controllers price with: the calibrated (or probed) one, else the ratio default."""
+    return _cost_for(setup) or CostModel.ratio()
+
+
 def _artifact(kind: str, features: list[str], path: Path | None, setup: Setup | None) -> Artifact:
     if path is not None:
         return load_artifact(path, kind, features, setup)

@@ -19,6 +19,12 @@ class RequestInfo:
     max_new_tokens: int
     #: the proposers this run can draft from: "model" (a draft model's chain), "lookup" (prompt lookup)
     drafters: tuple[str, ...] = ("model",)
+    #: prompt tokens the draft model attends to (a long-context working cache); None: all of them
+    draft_prompt_len: int | None = None
+
+    @property
+    def draft_context(self) -> int:
+        return self.prompt_len if self.draft_prompt_len is None else self.draft_prompt_len
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,6 +85,7 @@ class CostAware(Controller):
 
     def start(self, request: RequestInfo) -> None:
         self.prompt_len, self.produced = request.prompt_len, 0
+        self.draft_prompt = request.draft_context  # the draft may attend to less (a long-context working cache)
         self.drafters = request.drafters
         self.bias, self.alpha = 0.0, self.acceptance.prior
         self.lookup_bias = 0.0
@@ -95,10 +96,10 @@ class CostAware(Controller):
         `lookup_ms[k]`, a whole step that drafts k tokens from the model or by lookup (k = 0: a
         plain target step). Whole steps, not a per-token rate: the verification of k + 1 tokens
         is jagged in k where the backend picks kernels by batch size."""
-        c, ctx = self.cost, self.prompt_len + self.produced
+        c, ctx, draft_ctx = self.cost, self.prompt_len + self.produced, self.draft_prompt + self.produced
         base = c.overhead_ms(self.produced)
         ks = range(self.max_gamma + 1)
-        self.chain_ms = [base + c.verify_ms(k + 1, ctx) + c.draft_ms(k, ctx) for k in ks]
+        self.chain_ms = [base + c.verify_ms(k + 1, ctx) + c.draft_ms(k, draft_ctx) for k in ks]
         self.lookup_ms = [base + c.verify_ms(k + 1, ctx) + c.lookup_ms(k) for k in ks]
         self.plain = self.chain_ms[0]
 

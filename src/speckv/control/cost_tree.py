@@ -43,8 +43,7 @@ class CostTree(CostAware):
         a = _sigmoid(self.acceptance.logit(s) + self.bias)
         rest = max(1e-6, 1 - s.top1)
         share = (s.top1 - s.margin) / rest  # the second choice's share of the non-first mass
-        ctx = self.prompt_len + self.produced
-        level_ms = self.cost.draft_ms(1, ctx)  # one draft forward over the frontier
+        level_ms = self.cost.draft_ms(1, self.draft_prompt + self.produced)  # one draft forward over the frontier
         best_w, best_value = 0, 0.0
         gain = self.survive * a
         for w in WIDTHS:
@@ -63,8 +62,9 @@ class CostTree(CostAware):
     def observe(self, outcome: StepOutcome) -> None:
         if not outcome.tree_depth:
             return super().observe(outcome)
-        c, ctx = self.cost, self.prompt_len + self.produced
-        step_ms = c.overhead_ms(self.produced) + self._verify(outcome.drafted) + c.draft_ms(outcome.tree_depth, ctx)
+        c = self.cost
+        step_ms = (c.overhead_ms(self.produced) + self._verify(outcome.drafted)
+                   + c.draft_ms(outcome.tree_depth, self.draft_prompt + self.produced))
         self.avg_tokens = 0.8 * self.avg_tokens + 0.2 * (outcome.accepted + 1)
         self.avg_ms = 0.8 * self.avg_ms + 0.2 * step_ms
         self.produced += outcome.accepted + 1

@@ -89,11 +89,13 @@ _TREE_OPTION = re.compile(r"^(depth|nodes|width)=|^(rerank|spine)$")
 
 
 def split_specs(text: str) -> list[str]:
-    """A comma-separated list of specs, where a tree spec's own options (`tree:depth=5,nodes=16`)
-    stay with it: a piece that is a tree option joins the spec before it."""
+    """A comma-separated list of specs, where a spec's own options (`tree:depth=5,nodes=16`,
+    `retrieval:budget=512,chunk=16`) stay with it: a piece that is a tree option, or any
+    `key=value` after a spec with options, joins the spec before it."""
     out: list[str] = []
     for piece in (p.strip() for p in text.split(",")):
-        if out and _TREE_OPTION.match(piece) and out[-1].startswith("tree"):
+        option = _TREE_OPTION.match(piece) and out and out[-1].startswith("tree")
+        if option or (out and "=" in piece and ":" not in piece and ":" in out[-1]):
             out[-1] += "," + piece
         elif piece:
             out.append(piece)

@@ -94,6 +94,9 @@ class Drafter(Protocol):
     def close(self) -> None:
         """The run is over: hand back what the drafter holds (a draft model's cache)."""
 
+    # Optional: `follow(target_sequence)`, called once before the prompt is read, for drafters that
+    # read the target's state (long-context retrieval ranks prompt chunks by the target's attention).
+
 
 class DraftSource(Protocol):
     """What an Engine is given instead of building a drafter itself."""

@@ -4,6 +4,8 @@ controller, on a backend that takes tree masks) a token tree, one forward per le
 
 A ChainDrafter is one run's draft state (ChainSource.new makes one per run), so runs that share
 a draft model never share, reset or crop each other's cache. Its draft loop is drafting.base's.
+With a long-context spec (drafting/context.py) its cache is a WorkingCache: the same calls over
+the accepted ids, while the draft attends to a bounded part of a long prompt.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from speckv.backends import Runner, as_runner
 from speckv.control.base import Controller
 from speckv.drafting import base, tree
 from speckv.drafting.base import Draft, Proposal
+from speckv.drafting.context import LongContext, WorkingCache
 from speckv.engine.sampling import SamplingConfig
 from speckv.records import TokenSignals
 
@@ -50,6 +53,7 @@ class ChainSource:
     model: Runner
     name: str = "model"
     kinds: tuple[str, ...] = ("model",)
+    context: LongContext | None = None  # what of a long prompt the draft attends to (None: all of it)
 
     def __post_init__(self):
         object.__setattr__(self, "model", as_runner(self.model))  # a transformers model is welcome too
@@ -58,18 +62,28 @@ class ChainSource:
     def vocab(self) -> int:
         return self.model.vocab
 
+    def attended(self, prompt_len: int) -> int:
+        """Prompt tokens the draft attends to (what its cost grows with)."""
+        return self.context.attended(prompt_len) if self.context is not None else prompt_len
+
     def new(self, vocab: int, sync) -> ChainDrafter:
-        return ChainDrafter(self.model, vocab, sync)
+        return ChainDrafter(self.model, vocab, sync, self.context)
 
 
 class ChainDrafter:
     """Owns one run's draft cache; the cache always holds a prefix of the accepted ids."""
 
-    def __init__(self, model: Runner, vocab: int, sync):
+    def __init__(self, model: Runner, vocab: int, sync, context: LongContext | None = None):
         self.vocab = vocab
         self.sync = sync
         self.trees = bool(getattr(model, "trees", False))
-        self.cache = model.sequence()
+        long = context is not None and context.mode != "full"
+        self.cache = WorkingCache(model, context) if long else model.sequence()
+
+    def follow(self, target) -> None:
+        """The target's sequence for this run: retrieval ranks prompt chunks by its attention."""
+        if isinstance(self.cache, WorkingCache):
+            self.cache.follow(target)
         self._grown: tuple[int, dict[int, int]] | None = None  # the last tree: cache length before it, node -> entry
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
@@ -140,6 +154,8 @@ class ChainDrafter:
             kept = [index[n] for n in (tree_path or []) if n in index]
             self.cache.compact(base, kept)
         self.cache.truncate(length)
+        if isinstance(self.cache, WorkingCache):
+            self.cache.commit()
 
     def close(self) -> None:
         self.cache.close()

@@ -39,6 +39,10 @@ class HybridSource:
     def vocab(self) -> int | None:
         return self.model.vocab
 
+    def attended(self, prompt_len: int) -> int:
+        attended = getattr(self.model, "attended", None)
+        return attended(prompt_len) if attended is not None else prompt_len
+
     def new(self, vocab: int, sync) -> HybridDrafter:
         return HybridDrafter(self.model.new(vocab, sync), self.lookup.new(vocab, sync))
 
@@ -71,6 +75,11 @@ class HybridDrafter:
 
     def rollback(self, length: int, tree_path: list[int] | None = None) -> None:
         self.model.rollback(length, tree_path)
+
+    def follow(self, target) -> None:
+        follow = getattr(self.model, "follow", None)
+        if follow is not None:
+            follow(target)
 
     def close(self) -> None:
         self.model.close()

@@ -101,6 +101,8 @@ class Engine:
         accept = self.acceptance or (accept_speculative if config.do_sample else accept_greedy)
         cache = self.target.sequence()
         drafter = self.new_drafter() if self.draft is not None else None  # cheap: its cache fills lazily
+        if drafter is not None and hasattr(drafter, "follow"):
+            drafter.follow(cache)
         try:
             yield from self._loop(ids, cache, drafter, controller, config, generator, accept, limit, stop_ids)
         finally:  # a finished, failed or abandoned (closed) run hands its caches back
@@ -110,7 +112,9 @@ class Engine:
 
     def _loop(self, ids: list[int], cache: Sequence, drafter: Drafter | None, controller: Controller,
               config: SamplingConfig, generator, accept, limit: int, stop_ids: frozenset[int]) -> Iterator[StepEvent]:
-        controller.start(RequestInfo(len(ids), limit, self.draft.kinds if self.draft is not None else ()))
+        attended = getattr(self.draft, "attended", None)  # a long-context draft reads part of the prompt
+        controller.start(RequestInfo(len(ids), limit, self.draft.kinds if self.draft is not None else (),
+                                     attended(len(ids)) if attended is not None else None))
         t0 = time.perf_counter()
         if len(ids) > 1:
             cache.forward(ids[:-1], 1, self.vocab)

@@ -32,26 +32,34 @@ def aggregate_tps(runs: pd.DataFrame) -> float:
     return float(runs["new_tokens"].sum()) / wall if wall > 0 else float("nan")
 
 
-def _per_prompt(runs: pd.DataFrame, controller: str) -> pd.DataFrame:
+def _per_prompt(runs: pd.DataFrame, controller: str, columns: tuple[str, str] = ("new_tokens", "wall_s")) -> pd.DataFrame:
     sel = runs[runs["controller"] == controller]
     if sel.empty:
         raise SpeckvError(f"no runs for controller {controller!r}")
-    return sel.groupby("prompt_id")[["new_tokens", "wall_s"]].sum()
+    return sel.groupby("prompt_id")[list(columns)].sum()
 
 
 def paired_ratio_ci(runs: pd.DataFrame, a: str, b: str, n_boot: int = 2000, seed: int = 0,
                     level: float = 0.95) -> RatioCI:
     """Aggregate tokens/s of a over b on their shared prompts, with a paired percentile bootstrap CI."""
-    pa, pb = _per_prompt(runs, a), _per_prompt(runs, b)
+    return paired_ci(runs, a, b, "new_tokens", "wall_s", n_boot, seed, level)
+
+
+def paired_ci(runs: pd.DataFrame, a: str, b: str, num: str, den: str, n_boot: int = 2000, seed: int = 0,
+              level: float = 0.95) -> RatioCI:
+    """(sum num / sum den) of a over the same of b on their shared prompts (tokens/s, accepted
+    per step, ms per token...), with a paired percentile bootstrap CI over prompts."""
+    pa, pb = _per_prompt(runs, a, (num, den)), _per_prompt(runs, b, (num, den))
     shared = pa.index.intersection(pb.index).sort_values()
     if shared.empty:
         raise SpeckvError(f"controllers {a!r} and {b!r} share no prompts")
-    # rows: tokens a, wall a, tokens b, wall b; one column per shared prompt
+    # rows: num a, den a, num b, den b; one column per shared prompt
     sums = np.vstack([pa.loc[shared].to_numpy(float).T, pb.loc[shared].to_numpy(float).T])
     idx = np.random.default_rng(seed).integers(0, len(shared), size=(n_boot, len(shared)))
     boot = np.take(sums, idx, axis=1).sum(axis=2)  # (4, n_boot)
-    ratios = (boot[0] / boot[1]) / (boot[2] / boot[3])
-    low, high = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = (boot[0] / boot[1]) / (boot[2] / boot[3])
+    low, high = np.nanquantile(ratios, [(1 - level) / 2, (1 + level) / 2])
     total = sums.sum(axis=1)
     return RatioCI(float((total[0] / total[1]) / (total[2] / total[3])), float(low), float(high), len(shared))
 

@@ -1,0 +1,240 @@
+"""Long inputs: what part of the prompt the draft model attends to (SpecExtend's working cache).
+
+A draft's guesses need the prompt, but its attention over a 16K-token prompt costs it on every
+drafted token. `--long-context` picks what the draft keeps:
+- `full`: everything (the default for short prompts);
+- `window`: StreamingLLM's attention sinks (the first few tokens) and the most recent tokens; the
+  draft reads only those, so it also skips most of the prompt's prefill;
+- `retrieval`: SpecExtend's cross-model retrieval: the draft reads the whole prompt once into a
+  full cache, then attends to a working cache of the prompt chunks that the *target's* last-layer
+  attention (of the newest accepted token, averaged over heads) ranks highest plus the most recent
+  tokens, re-chosen every `refresh` verification steps (first selection: the most recent chunks);
+- `auto`: retrieval from a prompt length the cost model chooses (`threshold`), full below it.
+
+Invariants:
+- Losslessness never depends on this: only the draft's cache changes; the target verifies.
+- A WorkingCache is a Sequence over *true* indices (the ids the run has accepted): `len()` is how
+  many ids it stands for, and forward/compact/truncate take true indices, so ChainDrafter drives
+  it exactly like a plain cache. Underneath, the working sequence holds a selection of the prompt
+  packed at positions 0..k-1 (keys re-rotated when moved: backends/hf.py `gather`), then the
+  *tail*: every id since the selection's last entry, in order (true index = working index + offset).
+- Selections change only between steps, at commit(), when the cache holds exactly the accepted ids.
+- The full cache (retrieval) holds every accepted id: the prompt as read, later ids as computed in
+  the working cache (SpecExtend does the same), synced before each re-selection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from speckv.errors import SpeckvError
+
+MODES = ("full", "window", "retrieval", "auto")
+#: the most recent ids every working cache keeps, in chunks (retrieval) on top of the ranked ones
+RECENT_CHUNKS = 2
+
+
+@dataclass(frozen=True)
+class LongContext:
+    """A validated `--long-context` spec: MODE[:budget=N,chunk=N,refresh=N,sinks=N,threshold=N]."""
+
+    mode: str = "full"
+    budget: int = 1024  # tokens of the prompt the working cache holds
+    chunk: int = 32  # retrieval's unit: attention is averaged over chunks of this many tokens
+    refresh: int = 4  # retrieval re-chooses chunks every this many verification steps
+    sinks: int = 4  # window: the first tokens always kept (attention sinks)
+    threshold: int | None = None  # auto: retrieval from this prompt length (None: not chosen yet)
+
+    @classmethod
+    def parse(cls, spec: str | LongContext | None) -> LongContext:
+        if spec is None:
+            return cls()
+        if isinstance(spec, LongContext):
+            spec.check()
+            return spec
+        if not isinstance(spec, str):
+            raise SpeckvError(f"long context must be a spec such as 'retrieval' (got {spec!r})")
+        mode, _, args = spec.strip().partition(":")
+        if mode not in MODES:
+            raise SpeckvError(f"unknown long-context mode {mode!r}; available: {', '.join(MODES)}")
+        values: dict[str, int] = {}
+        for part in filter(None, args.split(",")):
+            key, eq, value = part.partition("=")
+            key = key.strip()
+            if key not in ("budget", "chunk", "refresh", "sinks", "threshold") or not eq:
+                raise SpeckvError(f"long context {spec!r}: unknown option {part!r} "
+                                  "(options: budget=N, chunk=N, refresh=N, sinks=N, threshold=N)")
+            try:
+                values[key] = int(value)
+            except ValueError:
+                raise SpeckvError(f"long context {spec!r}: {key} must be an integer (got {value!r})") from None
+        parsed = cls(mode, **values)
+        parsed.check()
+        return parsed
+
+    def check(self) -> None:
+        """Settings that cannot work are refused here, before any model loads."""
+        if self.mode not in MODES:
+            raise SpeckvError(f"unknown long-context mode {self.mode!r}; available: {', '.join(MODES)}")
+        for key in ("budget", "chunk", "refresh"):
+            if getattr(self, key) < 1:
+                raise SpeckvError(f"long context: {key} must be at least 1 (got {getattr(self, key)})")
+        if self.sinks < 0:
+            raise SpeckvError(f"long context: sinks must be 0 or more (got {self.sinks})")
+        if self.chunk * (RECENT_CHUNKS + 1) > self.budget:
+            raise SpeckvError(f"long context: a working cache of {self.budget} tokens cannot hold "
+                              f"{RECENT_CHUNKS + 1} chunks of {self.chunk} (raise budget or lower chunk)")
+        if self.sinks >= self.budget:
+            raise SpeckvError(f"long context: {self.sinks} sinks leave no room in a budget of {self.budget}")
+        if self.threshold is not None and self.threshold < 1:
+            raise SpeckvError(f"long context: threshold must be positive (got {self.threshold})")
+
+    def active(self, prompt_len: int) -> str:
+        """The mode for a prompt of this length: prompts that fit the budget keep everything."""
+        if self.mode == "auto":
+            return "retrieval" if prompt_len >= (self.threshold or 0) and prompt_len > self.budget else "full"
+        return self.mode if prompt_len > self.budget else "full"
+
+    def attended(self, prompt_len: int) -> int:
+        """Prompt tokens the draft attends to at this length (what its per-token cost grows with)."""
+        return prompt_len if self.active(prompt_len) == "full" else self.budget
+
+    def with_threshold(self, threshold: int) -> LongContext:
+        return replace(self, threshold=threshold)
+
+    def __str__(self) -> str:
+        defaults = LongContext()
+        opts = [f"{k}={getattr(self, k)}" for k in ("budget", "chunk", "refresh", "sinks", "threshold")
+                if getattr(self, k) != getattr(defaults, k)]
+        return self.mode + (":" + ",".join(opts) if opts else "")
+
+
+def auto_threshold(draft_ms, budget: int, gain: float = 1.2, longest: int = 1 << 17) -> int:
+    """The shortest prompt at which the draft's cost per token over the full prompt is `gain` times
+    its cost over a working cache of `budget` tokens (draft_ms(ctx): the cost model's line); a
+    cost model that sees no context cost never turns retrieval on."""
+    short = draft_ms(budget)
+    n = budget
+    while n <= longest:
+        if draft_ms(n) >= gain * short:
+            return n
+        n *= 2
+    return longest + 1
+
+
+class WorkingCache:
+    """A draft model's sequence that attends to a bounded part of a long prompt (see above)."""
+
+    def __init__(self, runner, spec: LongContext):
+        self.runner = runner
+        self.spec = spec
+        self.mode = "full"  # decided when the prompt arrives
+        self.work = runner.sequence()
+        self.full = None  # retrieval: every accepted id
+        self.offset = 0  # true index - working index, for tail entries
+        self.tail = 0  # working index where the tail starts
+        self.steps = 0  # verification steps since the last selection
+        self.target = None  # the target's sequence (retrieval reads its attention)
+        self.selections = 0  # how many times retrieval re-chose its chunks
+
+    def __len__(self) -> int:
+        return len(self.work) + self.offset
+
+    def follow(self, target) -> None:
+        """Read relevance from this target sequence (retrieval)."""
+        self.target = target
+
+    def forward(self, tokens: list[int], rows: int, vocab: int, parents: list[int | None] | None = None) -> torch.Tensor:
+        if len(self) == 0 and parents is None:
+            return self._read_prompt(tokens, rows, vocab)
+        if parents is not None:
+            parents = [p if p is None else self._working(p) for p in parents]
+        return self.work.forward(tokens, rows, vocab, parents)
+
+    def compact(self, length: int, path: list[int]) -> None:
+        self.work.compact(self._working(length), [self._working(p) for p in path])
+
+    def truncate(self, length: int) -> None:
+        self.work.truncate(self._working(length))
+
+    def close(self) -> None:
+        self.work.close()
+        if self.full is not None:
+            self.full.close()
+
+    def _working(self, true_index: int) -> int:
+        index = true_index - self.offset
+        if index < self.tail:
+            raise ValueError(f"id {true_index} is outside the working cache's tail (it starts at {self.tail + self.offset})")
+        return index
+
+    def _read_prompt(self, tokens: list[int], rows: int, vocab: int) -> torch.Tensor:
+        self.mode = self.spec.active(len(tokens))
+        if self.mode == "full":
+            return self.work.forward(tokens, rows, vocab)
+        if self.mode == "window":  # the draft reads the sinks and the recent tokens only
+            sinks, recent = self.spec.sinks, self.spec.budget - self.spec.sinks
+            logits = self.work.forward(tokens[:sinks] + tokens[-recent:], rows, vocab)
+            self.tail, self.offset = sinks, len(tokens) - sinks - recent
+            return logits
+        self.full = self.runner.sequence()
+        logits = self.full.forward(tokens, rows, vocab)
+        self._select(list(range(max(0, len(tokens) - self.spec.budget), len(tokens))), len(tokens))
+        if self.target is not None:
+            self.target.keep_queries = True
+        return logits
+
+    def commit(self) -> None:
+        """A verification step is over and the cache holds exactly the accepted ids (minus the
+        last): evict (window) or re-choose chunks (retrieval) when it is time."""
+        self.steps += 1
+        if self.mode == "window":
+            if len(self.work) - self.tail > self.spec.budget - self.spec.sinks + self.spec.chunk:
+                n = len(self)
+                self._select(list(range(self.spec.sinks)) + list(range(n - self.spec.budget + self.spec.sinks, n)), n)
+        elif self.mode == "retrieval" and self.steps >= self.spec.refresh and self.target is not None:
+            scores = self.target.last_attention()
+            if scores is not None:
+                self._sync_full()
+                self._select(self._ranked(scores[: len(self.full)]), len(self.full))
+
+    def _sync_full(self) -> None:
+        """Append to the full cache the tail entries it does not hold yet."""
+        start = len(self.full) - self.offset
+        if start < self.tail:
+            raise AssertionError("the full cache lost track of the working cache")
+        self.full.gather(self.work, list(range(start, len(self.work))))
+
+    def _ranked(self, scores: torch.Tensor) -> list[int]:
+        """True indices of the chunks with the highest mean attention, then the most recent ids."""
+        n, chunk = len(scores), self.spec.chunk
+        recent_from = max(0, n - RECENT_CHUNKS * chunk)
+        keep = (self.spec.budget - (n - recent_from)) // chunk
+        starts = list(range(0, recent_from, chunk))  # chunks before the recent run (the last may be cut short)
+        if not starts or keep < 1:
+            return list(range(recent_from, n))
+        sums = torch.zeros(len(starts) * chunk)
+        sums[:recent_from] = scores[:recent_from].float().cpu()
+        lengths = torch.tensor([min(chunk, recent_from - s) for s in starts], dtype=torch.float32)
+        means = sums.view(len(starts), chunk).sum(-1) / lengths
+        picked = sorted(means.topk(min(keep, len(starts))).indices.tolist())
+        return [i for c in picked for i in range(starts[c], min(starts[c] + chunk, recent_from))] + list(range(recent_from, n))
+
+    def _select(self, indices: list[int], n: int) -> None:
+        """Make the working cache these true indices (ascending, ending at id n - 1), packed."""
+        source = self.full if self.mode == "retrieval" else self.work
+        if source is self.work:  # window: pick from the working cache itself
+            indices = [self._working(i) if i >= self.tail + self.offset else i for i in indices]
+        work = self.runner.sequence()
+        work.gather(source, indices)
+        run = 1  # the tail: the contiguous run that ends at the newest id
+        while run < len(indices) and indices[-run - 1] == indices[-run] - 1:
+            run += 1
+        self.work.close()
+        self.work = work
+        self.tail = len(indices) - run
+        self.offset = n - len(work)
+        self.steps = 0
+        self.selections += 1
