@@ -307,6 +307,11 @@ def test_prepare_checks_the_context(dec):
         dec.prepare("a" * 300)
     with pytest.raises(SpeckvError, match="vocabulary"):
         dec.prepare([99])
+    kept = dec.prepare("ab" * 150, truncate_for=16)  # asked for: the oldest tokens go
+    assert kept == [CHARS.index(c) for c in ("ab" * 150)[-240:]]
+    assert dec.prepare("abc", truncate_for=16) == [CHARS.index(c) for c in "abc"]
+    with pytest.raises(SpeckvError, match="room for 256 new tokens"):
+        dec.prepare("abc", truncate_for=256)
 
 
 # ---------------------------------------------------------------- CLI (SmolLM2-135M)

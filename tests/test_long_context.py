@@ -113,11 +113,12 @@ class Spy(ChainSource):
         return drafter
 
 
-@pytest.mark.parametrize("mode", ["window", "retrieval"])
+@pytest.mark.parametrize("mode", ["window", "retrieval", "retrieval:read=lazy"])
 @pytest.mark.parametrize("controller", ["fixed:4", "tree:depth=3,nodes=6,width=2"])
 def test_greedy_output_with_a_bounded_draft_equals_target_greedy(long_pair, mode, controller):
     target, draft = long_pair
-    spec = LongContext.parse(f"{mode}:budget=96,chunk=16,refresh=2,sinks=4")
+    spec = LongContext.parse(f"{mode}{',' if ':' in mode else ':'}budget=96,chunk=16,refresh=2,sinks=4")
+    mode = spec.mode
     source = Spy(draft, context=spec)
     engine = Engine(target, source)
     gen = torch.Generator().manual_seed(7)
@@ -135,8 +136,8 @@ def test_greedy_output_with_a_bounded_draft_equals_target_greedy(long_pair, mode
 
 def test_working_cache_stays_bounded_and_tracks_the_accepted_ids(long_pair):
     target, draft = long_pair
-    for mode in ("window", "retrieval"):
-        spec = LongContext.parse(f"{mode}:budget=96,chunk=16,refresh=1")
+    for mode in ("window", "retrieval", "retrieval:read=lazy"):
+        spec = LongContext.parse(f"{mode}{',' if ':' in mode else ':'}budget=96,chunk=16,refresh=1")
         source = Spy(draft, context=spec)
         engine = Engine(target, source)
         prompt = torch.randint(0, 64, (400,), generator=torch.Generator().manual_seed(8)).tolist()
@@ -182,6 +183,8 @@ def test_retrieval_keeps_the_chunks_the_target_attends_to():
     ("retrieval:size=3", "unknown option"),
     ("retrieval:budget=x", "must be an integer"),
     ("sparse", "unknown long-context mode"),
+    ("retrieval:read=partial", "read must be full or lazy"),
+    ("retrieval:read=lazy,sinks=0", "needs sinks >= 1"),
 ])
 def test_bad_specs_are_refused(spec, message):
     with pytest.raises(SpeckvError, match=message):
@@ -195,6 +198,10 @@ def test_auto_threshold_follows_the_cost_model():
     assert steep == 8192  # 20 + 8.2 >= 1.2 * 21.0
     assert LongContext.parse("auto").with_threshold(steep).active(9000) == "retrieval"
     assert LongContext.parse("auto").with_threshold(steep).active(5000) == "full"
+    # auto reads lazily unless told; retrieval is SpecExtend's full read unless told
+    assert (LongContext.parse("auto").reads, LongContext.parse("retrieval").reads) == ("lazy", "full")
+    assert LongContext.parse("auto:read=full").reads == "full"
+    assert str(LongContext.parse("retrieval:read=lazy,budget=512")) == "retrieval:budget=512,read=lazy"
 
 
 def test_a_move_without_re_rotation_is_caught(monkeypatch):
@@ -232,3 +239,117 @@ def test_a_remembered_prompt_is_copied_not_recomputed():
         other.forward([7] + doc[1:], 1, 64)  # another document: nothing to copy
         assert sum(fed) == 700
     hook.remove()
+
+
+def one_line_exit_2(code, err):
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "hi", "--long-context", "retrieval:chunk=2000"], "cannot hold"),
+    (["generate", "hi", "--long-context", "retrieval:refresh=0"], "refresh must be at least 1"),
+    (["bench", "--long-context", "sliding"], "unknown long-context mode"),
+    (["serve", "--long-context", "window:sinks=-1", "--port", "0"], "sinks must be 0 or more"),
+])
+def test_cli_refuses_bad_long_context_before_loading(cli, args, message):
+    code, out, err = cli(*args, "--target", "no-such-model")  # a model that would fail to load, later
+    one_line_exit_2(code, err)
+    assert message in err
+
+
+def test_cli_eval_long_context_refuses_bad_input_and_leaves_nothing(cli, tmp_path):
+    out = tmp_path / "long"
+    for args, message in ((["--long-context", "full,sparse"], "unknown long-context mode"),
+                          (["--long-context", "full", "--lengths", "100"], "--lengths must lie in"),
+                          (["--long-context", "full", "--controllers", "autoregressive"], "needs a controller that drafts")):
+        code, _, err = cli("eval", "--out", str(out), *args)
+        one_line_exit_2(code, err)
+        assert message in err
+    assert not out.exists()
+
+
+def test_window_and_retrieval_need_a_transformers_draft():
+    from speckv.api import _check_long_context
+
+    with pytest.raises(SpeckvError, match="transformers backend"):
+        _check_long_context("retrieval", "llamacpp")
+    with pytest.raises(SpeckvError, match="drafts without one"):
+        _check_long_context("window", None)
+    assert _check_long_context("auto", "llamacpp").mode == "full"  # auto: what the backend allows
+
+
+def test_lazy_retrieval_reads_only_what_it_chooses(long_pair):
+    """read=lazy: the draft reads the window, then each chosen chunk after the sinks alone; each
+    chunk's entries equal a fresh read of sinks + chunk (every layer), and far fewer prompt tokens
+    are read than the prompt holds."""
+    target, draft = long_pair
+    source = Spy(draft, context=LongContext.parse("retrieval:budget=96,chunk=16,refresh=1,sinks=4,read=lazy"))
+    prompt = torch.randint(0, 64, (900,), generator=torch.Generator().manual_seed(11)).tolist()
+    engine = Engine(target, source)
+    for event in engine.run(prompt, make_controller("fixed:3"), max_new_tokens=40):
+        cache = source.made[-1].cache
+        if event.finished:
+            break
+        window = len(cache.prompt) - 92  # the draft read ids[:-1]: sinks, then its last 92
+        read = [i for i in cache.where if 4 <= i < window]  # chunks read after the first window
+        if len(read) >= 16:
+            chunk = read[:16]
+            assert chunk == list(range(chunk[0], chunk[0] + 16))
+            fresh = TorchSequence(draft)
+            with torch.inference_mode():
+                fresh.forward(prompt[:4] + [prompt[i] for i in chunk], 1, 64)
+                moved = TorchSequence(draft)
+                moved.gather(cache.full, [cache.where[i] for i in range(4)] + [cache.where[i] for i in chunk])
+            assert _max_diff(moved, fresh) < 1e-5
+            break
+    else:
+        raise AssertionError("retrieval never read a chunk outside the first window")
+    assert cache.read_tokens < 0.5 * len(prompt)
+
+
+def test_gather_moves_tree_entries_at_the_position_they_were_computed():
+    model = tiny_model(12, context=1024)
+    tokens = [3, 1, 4, 1, 5, 9, 2, 6]
+    branchy = TorchSequence(model)
+    fresh = TorchSequence(model)
+    with torch.inference_mode():
+        branchy.forward(tokens[:2], 1, 64)
+        branchy.forward(tokens[2:5] + tokens[5:], 1, 64, [1, 2, 3, 1, 5, 6])  # two branches under entry 1
+        moved = TorchSequence(model)
+        moved.gather(branchy, [0, 1, 5, 6, 7])  # the root and the second branch, packed
+        fresh.forward(tokens[:2] + tokens[5:], 1, 64)
+    assert _max_diff(moved, fresh) < 1e-5
+
+
+def _row(doc, method, mode, prefill, decode, accepted, steps, drafted, draft_ms, reads=None):
+    row = {"length": 8192, "doc": doc, "prompt_id": f"d{doc}", "kind": "k", "prompt_tokens": 8000, "method": method,
+           "mode": mode, "new_tokens": 64, "tokens": [1] * 64, "wall_s": prefill + decode, "prefill_s": prefill,
+           "decode_s": decode, "steps": steps, "drafting_steps": steps if drafted else 0, "accepted": accepted,
+           "drafted": drafted, "draft_ms": draft_ms, "verify_ms": 100.0 * steps, "peak_rss_gib": 6.0}
+    if reads is not None:
+        row["reads_prompt"] = reads
+    return row
+
+
+def test_each_method_is_charged_its_own_prompt_reading():
+    from speckv.bench.long_context import charge, summary
+
+    rows = []
+    for doc in range(3):
+        rows += [_row(doc, "alone", "alone", 60.0, 26.0, 0, 64, 0, 0.0, False),
+                 _row(doc, "full", "full", 30.0, 14.0, 40, 20, 80, 12000.0, True),  # target copied; the draft read it all
+                 _row(doc, "retrieval", "retrieval", 0.5, 10.0, 38, 24, 70, 3000.0, True),  # both copied
+                 _row(doc, "retrieval:read=lazy", "retrieval", 2.0, 11.0, 36, 25, 72, 3100.0, False),
+                 _row(doc, "window", "window", 2.2, 12.0, 20, 30, 75, 3200.0, False)]
+    import pandas as pd
+
+    charged = charge(pd.DataFrame(rows)).set_index(["doc", "method"])
+    assert charged.loc[(0, "retrieval"), "draft_prefill_s"] == 30.0  # the full read it copied
+    assert charged.loc[(0, "retrieval:read=lazy"), "draft_prefill_s"] == 2.0
+    assert charged.loc[(0, "alone"), "end_to_end_s"] == 86.0
+    assert charged.loc[(0, "window"), "end_to_end_s"] == 60.0 + 2.2 + 12.0
+    table = {r["method"]: r for r in summary(rows, ["alone", "full", "retrieval", "retrieval:read=lazy", "window"])}
+    assert table["retrieval"]["decode_vs_full"][0] == 1.4  # 14 s over 10 s for the same tokens
+    assert table["retrieval"]["accepted_vs_window"][0] == pytest.approx((38 / 24) / (20 / 30), abs=1e-3)
+    assert table["retrieval"]["draft_ms_vs_full"][0] == pytest.approx((3000 / 70) / (12000 / 80), abs=1e-3)
+    assert table["window"]["end_to_end_vs_alone"][0] == pytest.approx(86.0 / 74.2, abs=1e-3)

@@ -225,15 +225,21 @@ class Decoder:
         except Exception as exc:  # jinja raises on turn orders a template refuses
             raise SpeckvError(f"the chat template rejected these messages: {exc}") from None
 
-    def prepare(self, prompt: str | list[int], raw: bool = False) -> list[int]:
+    def prepare(self, prompt: str | list[int], raw: bool = False, truncate_for: int | None = None) -> list[int]:
         """A prompt's token ids, checked against the vocabulary and the target's context: lets a
-        caller validate a whole batch of prompts before generating any of them."""
+        caller validate a whole batch of prompts before generating any of them. A prompt that does
+        not fit is refused, naming both lengths, unless the caller asks for truncation:
+        `truncate_for=N` drops the oldest tokens so that N new tokens fit after the rest."""
         if isinstance(prompt, str):
             ids = self.encode(prompt, raw)
         elif isinstance(prompt, (list, tuple)):
             ids = list(prompt)
         else:
             raise SpeckvError(f"prompt must be a string or a list of token ids (got {type(prompt).__name__})")
+        if truncate_for is not None:
+            if truncate_for < 1 or truncate_for >= self.target.max_context:
+                raise SpeckvError(f"cannot keep room for {truncate_for} new tokens in a context of {self.target.max_context}")
+            ids = ids[-(self.target.max_context - truncate_for):]
         return self.engine.check_prompt(ids, self.target.max_context)
 
     def _run(
@@ -372,6 +378,7 @@ def load(
     default_draft_level), q4_k_m|q8_0|bf16|f16|f32|native on llama.cpp (default native: the
     GGUF as it is). Losslessness is relative to the compressed target.
     long_context: full, window, retrieval or auto[:options] (drafting/context.py)."""
+    LongContext.parse(long_context)  # a bad spec fails before anything else is looked at
     if controller is not None:
         _checked_controller(controller)  # fail on a bad controller before loading gigabytes
         _tree_needs_model(controller, bool(draft) and parse_drafter(drafter).resolve(bool(draft)).needs_model)

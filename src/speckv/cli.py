@@ -137,6 +137,7 @@ def generate(
     seed: Annotated[Optional[int], typer.Option(help="random seed for sampling")] = None,
     stop: Annotated[Optional[list[str]], typer.Option(help="stop string (repeatable)")] = None,
     raw: Annotated[bool, typer.Option("--raw", help="skip the chat template")] = False,
+    truncate: Annotated[bool, typer.Option("--truncate", help="drop a too-long prompt's oldest tokens so that it and --max-new-tokens fit the target's context (default: refuse it, naming both lengths)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object per prompt (JSON Lines)")] = False,
 ) -> None:
     """Generate text with speculative decoding (streams unless --json)."""
@@ -165,7 +166,7 @@ def generate(
     encoded = []
     for p in prompts:  # every prompt must fit before any is generated
         try:
-            encoded.append(dec.prepare(p.text, raw))
+            encoded.append(dec.prepare(p.text, raw, truncate_for=max_new_tokens if truncate else None))
         except SpeckvError as exc:
             raise SpeckvError(f"{prompts_file}:{p.line}: {exc}" if prompts_file else str(exc)) from None
     kwargs = dict(max_new_tokens=max_new_tokens, stop=stop, **sampling)
@@ -208,6 +209,9 @@ def serve(
     if not timeout > 0:
         raise SpeckvError(f"--timeout must be positive (got {timeout})")
     uses_draft = ControllerSpec.parse(controller).uses_draft  # before loading gigabytes
+    from speckv.drafting.context import LongContext
+
+    LongContext.parse(long_context)  # and before taking the port
     sock = bind(host, port)  # a busy port or bad host fails now, not after the load
     dec = speckv.load(target=target, draft=draft if uses_draft else None, dtype=dtype, controller=controller,
                       device=device, compression=compression, draft_compression=draft_compression, drafter=drafter,
@@ -242,6 +246,9 @@ def bench(
 
     names = _spec_list(methods)
     specs = [check_method(m) for m in names]  # fail on a bad method before loading models
+    from speckv.drafting.context import LongContext
+
+    LongContext.parse(long_context)
     if category and tasks:
         raise SpeckvError("give --category or --tasks, not both")
     chosen = _bench_prompts(category, tasks, prompts, seed)

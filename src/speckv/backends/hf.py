@@ -149,15 +149,17 @@ class TorchSequence:
         self._queries = {moved.get(i, i): q for i, q in self._queries.items() if i < length or i in moved}
 
     def gather(self, source: TorchSequence, indices: list[int]) -> None:
-        """Append the entries of `source` at `indices` (committed entries of one model's sequence)
-        here, each at the position it takes here: keys re-rotated by the distance moved."""
-        if self.branch or source.branch:
-            raise ValueError("gather works on committed entries only (compact the tree first)")
+        """Append the entries of `source` at `indices` (one model's sequence; tree entries too)
+        here as committed entries, each at the position it takes here: keys re-rotated by the
+        distance moved."""
+        if self.branch:
+            raise ValueError("gather appends committed entries (compact the tree here first)")
         if not indices:
             return
         device = self.module.device
         where = torch.tensor(indices, device=device)
-        delta = torch.arange(len(self), len(self) + len(indices), device=device) - where
+        held = [source.branch[i][1] if i in source.branch else i for i in indices]  # the positions they were computed at
+        delta = torch.arange(len(self), len(self) + len(indices), device=device) - torch.tensor(held, device=device)
         cos = sin = None
         for mine, theirs in zip(self.cache.layers, source.cache.layers):
             keys = theirs.keys.index_select(-2, where)

@@ -3,11 +3,12 @@ alone and speculative decoding whose draft attends to the full prompt, a sliding
 retrieval (SpecExtend) or `auto`, live, one document at a time, every method in turn.
 
 Each document is read once per model: the runners remember the last long prompt (backends/hf.py,
-keep_prompts), so every method after the first copies the target's cache, and retrieval and auto
-copy the full draft's. Prefill is therefore measured where it is computed (the target's in the
-`alone` run, the full draft's in `full`'s, the window's in `window`'s) and every method is charged
-its own: end-to-end time = target prefill + its draft prefill + its decode. `window` runs last: its
-short draft prompt replaces the remembered one. Decode tokens/s excludes prefill.
+keep_prompts), so every method after the first copies the target's cache, and those whose draft
+reads the whole prompt copy the full draft's. Prefill is therefore measured where it is computed
+(the target's in the `alone` run, the full draft's in `full`'s, a window's in its own run) and
+every method is charged its own (`charge`): end-to-end time = target prefill + its draft prefill +
+its decode. Methods whose draft reads a window run last: that short prompt replaces the remembered
+one. Decode tokens/s excludes prefill.
 
 A unit (one document at one length, all methods) is written atomically when done, so an
 interrupted evaluation resumes where it stopped.
@@ -26,7 +27,7 @@ from speckv.errors import SpeckvError
 from speckv.files import ensure_dir, write_json
 from speckv.measure.memory import peak_gib, reset_peak
 
-#: the order methods run in on each document (see above); `alone` is the target by itself
+#: the order methods run in on each document within their group (see LongConfig.methods)
 ORDER = ("alone", "full", "retrieval", "auto", "window")
 
 
@@ -44,9 +45,16 @@ class LongConfig:
     drafter: str = "model"
 
     def methods(self) -> list[str]:
-        """alone first, window last, the rest in ORDER (user specs with options keep their place)."""
-        names = ["alone", *self.modes]
-        return sorted(dict.fromkeys(names), key=lambda m: ORDER.index(m.split(":")[0]))
+        """alone first, then those that read the whole prompt (full first), then those that read a
+        window (each of those replaces the remembered draft prompt)."""
+        def key(method: str) -> tuple[int, int]:
+            if method == "alone":
+                return (0, 0)
+            spec = LongContext.parse(method)
+            windowed = spec.mode == "window" or (spec.mode != "full" and spec.reads == "lazy")
+            return (2 if windowed else 1, ORDER.index(spec.mode))
+
+        return sorted(dict.fromkeys(["alone", *self.modes]), key=key)
 
 
 def check_modes(modes: tuple[str, ...]) -> tuple[str, ...]:
@@ -76,39 +84,55 @@ def unit_path(out: Path, length: int, doc: int) -> Path:
 
 
 def run_unit(decoders: dict[str, Decoder], config: LongConfig, length: int, index: int, doc, out: Path) -> list[dict]:
-    """Every method on one document; rows with its costs, written to its unit file."""
+    """Every method on one document; raw rows (see `charge` for what is derived), written to its
+    unit file."""
     alone = decoders["alone"]
     ids = alone.prepare(doc.text)
     reset_peak()
-    rows, prefill = [], {}
+    rows = []
     for method in config.methods():
         dec = decoders[method]
         controller = "autoregressive" if method == "alone" else config.controller
         result = dec.generate(ids, max_new_tokens=config.max_new_tokens, controller=controller)
         steps = result.steps
-        drafted = sum(s.drafted for s in steps)
         drafting = [s for s in steps if s.drafted]
-        mode = "alone" if method == "alone" else dec.long_context.active(len(ids))
-        # prefill where it was computed: alone (target), full (full draft), window (its window)
-        prefill[method] = result.stats.prefill_ms / 1000
+        context = dec.long_context
+        mode = "alone" if method == "alone" else context.active(len(ids))
         rows.append({
             "length": length, "doc": index, "prompt_id": doc.id, "kind": doc.category, "prompt_tokens": len(ids),
             "method": method, "mode": mode, "new_tokens": len(result.token_ids), "tokens": result.token_ids,
-            "wall_s": result.stats.wall_s, "prefill_s": prefill[method],
-            "decode_s": result.stats.wall_s - prefill[method], "steps": len(steps),
-            "drafting_steps": len(drafting), "accepted": sum(s.accepted for s in drafting), "drafted": drafted,
+            # whether the draft read the whole prompt (else only a window): whose prefill it is charged
+            "reads_prompt": mode == "full" or (mode == "retrieval" and context.reads == "full"),
+            "wall_s": result.stats.wall_s, "prefill_s": result.stats.prefill_ms / 1000,
+            "decode_s": result.stats.wall_s - result.stats.prefill_ms / 1000, "steps": len(steps),
+            "drafting_steps": len(drafting), "accepted": sum(s.accepted for s in drafting),
+            "drafted": sum(s.drafted for s in steps),
             "draft_ms": sum(s.draft_ms for s in steps), "verify_ms": sum(s.verify_ms for s in steps),
         })
-    for row in rows:  # charge each method its own prompt reading
-        draft_prefill = 0.0
-        if row["method"] != "alone" and row["drafted"]:
-            draft_prefill = prefill["window"] if row["mode"] == "window" and "window" in prefill else prefill.get("full", row["prefill_s"])
-        row["target_prefill_s"] = prefill["alone"]
-        row["draft_prefill_s"] = draft_prefill
-        row["end_to_end_s"] = prefill["alone"] + draft_prefill + row["decode_s"]
-        row["peak_rss_gib"] = peak_gib()
+    peak = peak_gib()
+    for row in rows:
+        row["peak_rss_gib"] = peak  # all methods on this document
     write_json(unit_path(out, length, index), rows)
     return rows
+
+
+def charge(frame):
+    """Each method's own prompt reading: the target's prefill is the `alone` run's (later runs copy
+    its cache); a draft that reads the whole prompt is charged the `full` run's draft prefill (the
+    first to compute it; later ones copy it), one that reads a window its own. End-to-end time =
+    target prefill + draft prefill (if it drafted) + decode."""
+    frame = frame.copy()
+    if "reads_prompt" not in frame:
+        frame["reads_prompt"] = frame["mode"].isin(["full", "retrieval"])
+    by_doc = frame.set_index(["length", "doc", "method"])["prefill_s"]
+    target = frame.apply(lambda r: by_doc[(r.length, r.doc, "alone")], axis=1)
+    full = frame.apply(lambda r: by_doc.get((r.length, r.doc, "full"), r.prefill_s), axis=1)
+    drafted = (frame["method"] != "alone") & (frame["drafted"] > 0)
+    own = frame["prefill_s"].where(~frame["reads_prompt"], full)
+    frame["target_prefill_s"] = target
+    frame["draft_prefill_s"] = own.where(drafted, 0.0)
+    frame["end_to_end_s"] = frame["target_prefill_s"] + frame["draft_prefill_s"] + frame["decode_s"]
+    return frame
 
 
 def documents(config: LongConfig, tokenizer) -> dict[int, list]:
@@ -139,7 +163,7 @@ def summary(rows: list[dict], methods: list[str]) -> list[dict]:
 
     from speckv.measure.stats import paired_ci
 
-    frame = pd.DataFrame(rows)
+    frame = charge(pd.DataFrame(rows))
     table = []
     for length, part in frame.groupby("length"):
         part = part.assign(controller=part["method"], prompt_id=part["doc"])

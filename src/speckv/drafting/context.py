@@ -9,7 +9,11 @@ drafted token. `--long-context` picks what the draft keeps:
   full cache, then attends to a working cache of the prompt chunks that the *target's* last-layer
   attention (of the newest accepted token, averaged over heads) ranks highest plus the most recent
   tokens, re-chosen every `refresh` verification steps (first selection: the most recent chunks);
-- `auto`: retrieval from a prompt length the cost model chooses (`threshold`), full below it.
+  `read=lazy` skips the full read (on CPU the draft's prefill of a 16K prompt costs half the
+  target's): the draft reads the window first and each chunk when it is first chosen, after the
+  sinks alone (its deeper layers then lack the rest of the prompt: cheaper, less informed);
+- `auto`: retrieval (read lazily unless `read=full`) from a prompt length the cost model chooses
+  (`threshold`), full below it.
 
 Invariants:
 - Losslessness never depends on this: only the draft's cache changes; the target verifies.
@@ -19,8 +23,9 @@ Invariants:
   packed at positions 0..k-1 (keys re-rotated when moved: backends/hf.py `gather`), then the
   *tail*: every id since the selection's last entry, in order (true index = working index + offset).
 - Selections change only between steps, at commit(), when the cache holds exactly the accepted ids.
-- The full cache (retrieval) holds every accepted id: the prompt as read, later ids as computed in
-  the working cache (SpecExtend does the same), synced before each re-selection.
+- The full cache (retrieval) holds every accepted id it has read (`where`: true index -> entry):
+  the prompt as read, later ids as computed in the working cache (SpecExtend does the same),
+  synced before each re-selection. With read=full it holds every id in order.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ class LongContext:
     refresh: int = 4  # retrieval re-chooses chunks every this many verification steps
     sinks: int = 4  # window: the first tokens always kept (attention sinks)
     threshold: int | None = None  # auto: retrieval from this prompt length (None: not chosen yet)
+    read: str | None = None  # retrieval: the whole prompt first (full) or chunks when chosen (lazy); None: `reads`
 
     @classmethod
     def parse(cls, spec: str | LongContext | None) -> LongContext:
@@ -59,13 +65,16 @@ class LongContext:
         mode, _, args = spec.strip().partition(":")
         if mode not in MODES:
             raise SpeckvError(f"unknown long-context mode {mode!r}; available: {', '.join(MODES)}")
-        values: dict[str, int] = {}
+        values: dict[str, int | str] = {}
         for part in filter(None, args.split(",")):
             key, eq, value = part.partition("=")
-            key = key.strip()
-            if key not in ("budget", "chunk", "refresh", "sinks", "threshold") or not eq:
+            key, value = key.strip(), value.strip()
+            if key not in ("budget", "chunk", "refresh", "sinks", "threshold", "read") or not eq:
                 raise SpeckvError(f"long context {spec!r}: unknown option {part!r} "
-                                  "(options: budget=N, chunk=N, refresh=N, sinks=N, threshold=N)")
+                                  "(options: budget=N, chunk=N, refresh=N, sinks=N, threshold=N, read=full|lazy)")
+            if key == "read":
+                values[key] = value
+                continue
             try:
                 values[key] = int(value)
             except ValueError:
@@ -88,6 +97,10 @@ class LongContext:
                               f"{RECENT_CHUNKS + 1} chunks of {self.chunk} (raise budget or lower chunk)")
         if self.sinks >= self.budget:
             raise SpeckvError(f"long context: {self.sinks} sinks leave no room in a budget of {self.budget}")
+        if self.read not in (None, "full", "lazy"):
+            raise SpeckvError(f"long context: read must be full or lazy (got {self.read!r})")
+        if self.reads == "lazy" and self.sinks < 1:
+            raise SpeckvError("long context: read=lazy reads each chunk after the sinks: it needs sinks >= 1")
         if self.threshold is not None and self.threshold < 1:
             raise SpeckvError(f"long context: threshold must be positive (got {self.threshold})")
 
@@ -96,6 +109,13 @@ class LongContext:
         if self.mode == "auto":
             return "retrieval" if prompt_len >= (self.threshold or 0) and prompt_len > self.budget else "full"
         return self.mode if prompt_len > self.budget else "full"
+
+    @property
+    def reads(self) -> str:
+        """How retrieval reads the prompt: as asked, else SpecExtend's full read for `retrieval`
+        and the lazy read for `auto` (measured: the full read costs the draft a prefill that
+        64-token answers do not repay; docs/long_context.md)."""
+        return self.read or ("lazy" if self.mode == "auto" else "full")
 
     def attended(self, prompt_len: int) -> int:
         """Prompt tokens the draft attends to at this length (what its per-token cost grows with)."""
@@ -106,7 +126,7 @@ class LongContext:
 
     def __str__(self) -> str:
         defaults = LongContext()
-        opts = [f"{k}={getattr(self, k)}" for k in ("budget", "chunk", "refresh", "sinks", "threshold")
+        opts = [f"{k}={getattr(self, k)}" for k in ("budget", "chunk", "refresh", "sinks", "threshold", "read")
                 if getattr(self, k) != getattr(defaults, k)]
         return self.mode + (":" + ",".join(opts) if opts else "")
 
@@ -132,7 +152,12 @@ class WorkingCache:
         self.spec = spec
         self.mode = "full"  # decided when the prompt arrives
         self.work = runner.sequence()
-        self.full = None  # retrieval: every accepted id
+        self.full = None  # retrieval: every accepted id read so far
+        self.where: dict[int, int] | None = None  # read=lazy: true index -> entry of `full` (None: the same)
+        self.synced = 0  # ids the full cache stands for (read or skipped)
+        self.prompt: list[int] = []
+        self.vocab = 0
+        self.read_tokens = 0  # prompt tokens the draft has read (what its prefill cost)
         self.offset = 0  # true index - working index, for tail entries
         self.tail = 0  # working index where the tail starts
         self.steps = 0  # verification steps since the last selection
@@ -179,9 +204,18 @@ class WorkingCache:
             logits = self.work.forward(tokens[:sinks] + tokens[-recent:], rows, vocab)
             self.tail, self.offset = sinks, len(tokens) - sinks - recent
             return logits
-        self.full = self.runner.sequence()
-        logits = self.full.forward(tokens, rows, vocab)
-        self._select(list(range(max(0, len(tokens) - self.spec.budget), len(tokens))), len(tokens))
+        self.full, self.prompt, self.vocab, n = self.runner.sequence(), list(tokens), vocab, len(tokens)
+        if self.spec.reads == "lazy":  # the sinks and the recent tokens now, chunks when chosen
+            sinks, recent = self.spec.sinks, self.spec.budget - self.spec.sinks
+            logits = self.full.forward(tokens[:sinks] + tokens[-recent:], rows, vocab)
+            self.where = {**{i: i for i in range(sinks)}, **{n - recent + j: sinks + j for j in range(recent)}}
+            self.read_tokens = sinks + recent
+            self._select(list(range(sinks)) + list(range(n - recent, n)), n)
+        else:
+            logits = self.full.forward(tokens, rows, vocab)
+            self.read_tokens = n
+            self._select(list(range(max(0, n - self.spec.budget), n)), n)
+        self.synced = n
         if self.target is not None:
             self.target.keep_queries = True
         return logits
@@ -198,14 +232,35 @@ class WorkingCache:
             scores = self.target.last_attention()
             if scores is not None:
                 self._sync_full()
-                self._select(self._ranked(scores[: len(self.full)]), len(self.full))
+                self._select(self._ranked(scores[: self.synced]), self.synced)
 
     def _sync_full(self) -> None:
         """Append to the full cache the tail entries it does not hold yet."""
-        start = len(self.full) - self.offset
+        start = self.synced - self.offset
         if start < self.tail:
             raise AssertionError("the full cache lost track of the working cache")
+        if self.where is not None:
+            self.where.update((self.synced + k, len(self.full) + k) for k in range(len(self.work) - start))
         self.full.gather(self.work, list(range(start, len(self.work))))
+        self.synced = len(self)
+
+    def _read(self, indices: list[int]) -> None:
+        """read=lazy: compute the draft's entries of prompt ids it has not read, in one forward:
+        each run of ids a branch under the sinks (so runs do not see each other), then moved into
+        the full cache."""
+        missing = [i for i in indices if i not in self.where]
+        if not missing:
+            return
+        sinks = self.spec.sinks
+        scratch = self.runner.sequence()
+        scratch.gather(self.full, [self.where[i] for i in range(sinks)])
+        parents = [sinks - 1 if k == 0 or missing[k - 1] != i - 1 else sinks + k - 1 for k, i in enumerate(missing)]
+        scratch.forward([self.prompt[i] for i in missing], 1, self.vocab, parents)
+        start = len(self.full)
+        self.full.gather(scratch, list(range(sinks, sinks + len(missing))))
+        scratch.close()
+        self.where.update((i, start + k) for k, i in enumerate(missing))
+        self.read_tokens += len(missing)
 
     def _ranked(self, scores: torch.Tensor) -> list[int]:
         """True indices of the chunks with the highest mean attention, then the most recent ids."""
@@ -225,10 +280,14 @@ class WorkingCache:
     def _select(self, indices: list[int], n: int) -> None:
         """Make the working cache these true indices (ascending, ending at id n - 1), packed."""
         source = self.full if self.mode == "retrieval" else self.work
+        entries = indices
         if source is self.work:  # window: pick from the working cache itself
-            indices = [self._working(i) if i >= self.tail + self.offset else i for i in indices]
+            entries = [self._working(i) if i >= self.tail + self.offset else i for i in indices]
+        elif self.where is not None:  # read=lazy: read what is missing, then look entries up
+            self._read(indices)
+            entries = [self.where[i] for i in indices]
         work = self.runner.sequence()
-        work.gather(source, indices)
+        work.gather(source, entries)
         run = 1  # the tail: the contiguous run that ends at the newest id
         while run < len(indices) and indices[-run - 1] == indices[-run] - 1:
             run += 1
