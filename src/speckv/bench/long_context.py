@@ -17,7 +17,7 @@ interrupted evaluation resumes where it stopped.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from speckv.api import Decoder
@@ -202,7 +202,3 @@ def _agreement(part, method: str) -> float:
     alone = {r.doc: list(r.tokens) for r in part[part.method == "alone"].itertuples()}
     mine = part[part.method == method]
     return round(sum(list(r.tokens) == alone.get(r.doc) for r in mine.itertuples()) / max(1, len(mine)), 3)
-
-
-def config_dict(config: LongConfig) -> dict:
-    return asdict(config)
