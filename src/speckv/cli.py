@@ -31,7 +31,7 @@ Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
 DraftVocab = Annotated[Optional[int], typer.Option(help="draft over the N most frequent tokens only (a reduced LM head, FR-Spec)")]
 Drafter = Annotated[str, typer.Option(help="auto (hybrid with a draft model), model (the draft model proposes), lookup[:N_MAX[:N_MIN]] (prompt lookup: n-grams of the text, no draft model) or hybrid[:N_MAX[:N_MIN]] (the controller picks lookup or the model per step)")]
 
-LongCtx = Annotated[str, typer.Option(help="what of a long prompt the draft model attends to: auto (retrieval from a prompt length the cost model picks), full, window (attention sinks + recent tokens) or retrieval (the chunks the target attends to, SpecExtend); options after a colon: budget=N,chunk=N,refresh=N,sinks=N,threshold=N (docs/long_context.md)")]
+LongCtx = Annotated[str, typer.Option(help="what of a long prompt the draft model attends to: auto (lazily read retrieval from a prompt length the cost model picks), full, window (attention sinks + recent tokens) or retrieval (the chunks the target attends to, SpecExtend); options after a colon: budget=N,chunk=N,refresh=N,sinks=N,threshold=N,read=full|lazy (docs/long_context.md)")]
 
 
 def _err(message: str) -> None:

@@ -51,8 +51,7 @@ class LongConfig:
             if method == "alone":
                 return (0, 0)
             spec = LongContext.parse(method)
-            windowed = spec.mode == "window" or (spec.mode != "full" and spec.reads == "lazy")
-            return (2 if windowed else 1, ORDER.index(spec.mode))
+            return (2 if spec.windowed else 1, ORDER.index(spec.mode))
 
         return sorted(dict.fromkeys(["alone", *self.modes]), key=key)
 
@@ -102,7 +101,7 @@ def run_unit(decoders: dict[str, Decoder], config: LongConfig, length: int, inde
             "length": length, "doc": index, "prompt_id": doc.id, "kind": doc.category, "prompt_tokens": len(ids),
             "method": method, "mode": mode, "new_tokens": len(result.token_ids), "tokens": result.token_ids,
             # whether the draft read the whole prompt (else only a window): whose prefill it is charged
-            "reads_prompt": mode == "full" or (mode == "retrieval" and context.reads == "full"),
+            "reads_prompt": mode == "full" or (mode != "alone" and not context.windowed),
             "wall_s": result.stats.wall_s, "prefill_s": result.stats.prefill_ms / 1000,
             "decode_s": result.stats.wall_s - result.stats.prefill_ms / 1000, "steps": len(steps),
             "drafting_steps": len(drafting), "accepted": sum(s.accepted for s in drafting),

@@ -117,6 +117,12 @@ class LongContext:
         64-token answers do not repay; docs/long_context.md)."""
         return self.read or ("lazy" if self.mode == "auto" else "full")
 
+    @property
+    def windowed(self) -> bool:
+        """Whether the draft, once this mode is active, reads only a window of the prompt (window,
+        lazy retrieval) rather than all of it (full, retrieval with the full read)."""
+        return self.mode == "window" or (self.mode != "full" and self.reads == "lazy")
+
     def attended(self, prompt_len: int) -> int:
         """Prompt tokens the draft attends to at this length (what its per-token cost grows with)."""
         return prompt_len if self.active(prompt_len) == "full" else self.budget
