@@ -134,6 +134,23 @@ def test_greedy_output_with_a_bounded_draft_equals_target_greedy(long_pair, mode
     assert accepted > 20
 
 
+@pytest.mark.parametrize("controller", ["fixed:4", "tree:depth=3,nodes=6,width=2"])
+def test_auto_gives_mid_length_prompts_a_window_and_stays_lossless(long_pair, controller):
+    """auto below its threshold: a 300-token prompt gets a 96-token window (the draft reads only
+    that), a 60-token prompt the full cache; greedy output is the target's either way."""
+    target, draft = long_pair
+    source = Spy(draft, context=LongContext.parse("auto:window=96,threshold=100000"))
+    engine = Engine(target, source)
+    gen = torch.Generator().manual_seed(8)
+    for length, mode in ((300, "window"), (60, "full")):
+        prompt = torch.randint(0, 64, (length,), generator=gen).tolist()
+        tokens, _ = run(engine, prompt, controller, max_new_tokens=60)
+        assert tokens == reference(target, prompt, 60)
+        cache = source.made[-1].cache
+        assert cache.mode == mode
+        assert cache.offset >= (length - 96 if mode == "window" else 0)  # prompt ids the draft never read
+
+
 def test_working_cache_stays_bounded_and_tracks_the_accepted_ids(long_pair):
     target, draft = long_pair
     for mode in ("window", "retrieval", "retrieval:read=lazy"):
@@ -197,7 +214,12 @@ def test_auto_threshold_follows_the_cost_model():
     steep = auto_threshold(lambda ctx: 20.0 + ctx / 1000, 1024)  # +1 ms per 1K tokens
     assert steep == 8192  # 20 + 8.2 >= 1.2 * 21.0
     assert LongContext.parse("auto").with_threshold(steep).active(9000) == "retrieval"
-    assert LongContext.parse("auto").with_threshold(steep).active(5000) == "full"
+    assert LongContext.parse("auto:window=0").with_threshold(steep).active(5000) == "full"
+    # below the threshold, a prompt longer than the window gets a window of that many tokens
+    mid = LongContext.parse("auto").with_threshold(steep)
+    assert (mid.active(5000), mid.attended(5000), mid.at(5000).budget) == ("window", 256, 256)
+    assert (mid.active(256), mid.attended(256)) == ("full", 256)
+    assert mid.at(9000).reads == "lazy" and mid.attended(9000) == 1024
     # auto reads lazily unless told; retrieval is SpecExtend's full read unless told
     assert (LongContext.parse("auto").reads, LongContext.parse("retrieval").reads) == ("lazy", "full")
     assert LongContext.parse("auto:read=full").reads == "full"

@@ -79,12 +79,12 @@ class ChainDrafter:
         self.trees = bool(getattr(model, "trees", False))
         long = context is not None and context.mode != "full"
         self.cache = WorkingCache(model, context) if long else model.sequence()
+        self._grown: tuple[int, dict[int, int]] | None = None  # the last tree: cache length before it, node -> entry
 
     def follow(self, target) -> None:
         """The target's sequence for this run: retrieval ranks prompt chunks by its attention."""
         if isinstance(self.cache, WorkingCache):
             self.cache.follow(target)
-        self._grown: tuple[int, dict[int, int]] | None = None  # the last tree: cache length before it, node -> entry
 
     def _forward(self, tokens: list[int]) -> torch.Tensor:
         return self.cache.forward(tokens, 1, self.vocab)[0]

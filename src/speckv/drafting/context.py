@@ -13,7 +13,9 @@ drafted token. `--long-context` picks what the draft keeps:
   target's): the draft reads the window first and each chunk when it is first chosen, after the
   sinks alone (its deeper layers then lack the rest of the prompt: cheaper, less informed);
 - `auto`: retrieval (read lazily unless `read=full`) from a prompt length the cost model chooses
-  (`threshold`), full below it.
+  (`threshold`); below it, a prompt longer than `window` (256) gets a window of that many tokens
+  (the draft's read of a 1.5K-token prompt costs it 2 s that a hybrid run, which copies from the
+  whole prompt by lookup anyway, rarely earns back: docs/drafters.md); full for the rest.
 
 Invariants:
 - Losslessness never depends on this: only the draft's cache changes; the target verifies.
@@ -37,13 +39,14 @@ import torch
 from speckv.errors import SpeckvError
 
 MODES = ("full", "window", "retrieval", "auto")
+OPTIONS = ("budget", "chunk", "refresh", "sinks", "threshold", "read", "window")
 #: the most recent ids every working cache keeps, in chunks (retrieval) on top of the ranked ones
 RECENT_CHUNKS = 2
 
 
 @dataclass(frozen=True)
 class LongContext:
-    """A validated `--long-context` spec: MODE[:budget=N,chunk=N,refresh=N,sinks=N,threshold=N]."""
+    """A validated `--long-context` spec: MODE[:budget=N,chunk=N,refresh=N,sinks=N,threshold=N,read=R,window=N]."""
 
     mode: str = "full"
     budget: int = 1024  # tokens of the prompt the working cache holds
@@ -52,6 +55,7 @@ class LongContext:
     sinks: int = 4  # window: the first tokens always kept (attention sinks)
     threshold: int | None = None  # auto: retrieval from this prompt length (None: not chosen yet)
     read: str | None = None  # retrieval: the whole prompt first (full) or chunks when chosen (lazy); None: `reads`
+    window: int = 256  # auto, below the threshold: a window of this many tokens for longer prompts (0: none)
 
     @classmethod
     def parse(cls, spec: str | LongContext | None) -> LongContext:
@@ -69,9 +73,9 @@ class LongContext:
         for part in filter(None, args.split(",")):
             key, eq, value = part.partition("=")
             key, value = key.strip(), value.strip()
-            if key not in ("budget", "chunk", "refresh", "sinks", "threshold", "read") or not eq:
+            if key not in OPTIONS or not eq:
                 raise SpeckvError(f"long context {spec!r}: unknown option {part!r} "
-                                  "(options: budget=N, chunk=N, refresh=N, sinks=N, threshold=N, read=full|lazy)")
+                                  "(options: budget=N, chunk=N, refresh=N, sinks=N, threshold=N, read=full|lazy, window=N)")
             if key == "read":
                 values[key] = value
                 continue
@@ -103,12 +107,25 @@ class LongContext:
             raise SpeckvError("long context: read=lazy reads each chunk after the sinks: it needs sinks >= 1")
         if self.threshold is not None and self.threshold < 1:
             raise SpeckvError(f"long context: threshold must be positive (got {self.threshold})")
+        if self.window and not self.sinks < self.window:
+            raise SpeckvError(f"long context: a window of {self.window} tokens must exceed its {self.sinks} sinks (0: no window)")
+        if self.window < 0:
+            raise SpeckvError(f"long context: window must be 0 or more (got {self.window})")
+
+    def at(self, prompt_len: int) -> LongContext:
+        """The concrete spec for a prompt of this length (auto resolved; prompts that fit the
+        budget keep everything)."""
+        if self.mode == "auto":
+            if prompt_len >= (self.threshold or 0) and prompt_len > self.budget:
+                return replace(self, mode="retrieval", read=self.reads)
+            if self.window and prompt_len > self.window:
+                return replace(self, mode="window", budget=self.window)
+            return replace(self, mode="full")
+        return self if prompt_len > self.budget else replace(self, mode="full")
 
     def active(self, prompt_len: int) -> str:
-        """The mode for a prompt of this length: prompts that fit the budget keep everything."""
-        if self.mode == "auto":
-            return "retrieval" if prompt_len >= (self.threshold or 0) and prompt_len > self.budget else "full"
-        return self.mode if prompt_len > self.budget else "full"
+        """The mode for a prompt of this length."""
+        return self.at(prompt_len).mode
 
     @property
     def reads(self) -> str:
@@ -125,14 +142,15 @@ class LongContext:
 
     def attended(self, prompt_len: int) -> int:
         """Prompt tokens the draft attends to at this length (what its per-token cost grows with)."""
-        return prompt_len if self.active(prompt_len) == "full" else self.budget
+        spec = self.at(prompt_len)
+        return prompt_len if spec.mode == "full" else spec.budget
 
     def with_threshold(self, threshold: int) -> LongContext:
         return replace(self, threshold=threshold)
 
     def __str__(self) -> str:
         defaults = LongContext()
-        opts = [f"{k}={getattr(self, k)}" for k in ("budget", "chunk", "refresh", "sinks", "threshold", "read")
+        opts = [f"{k}={getattr(self, k)}" for k in OPTIONS
                 if getattr(self, k) != getattr(defaults, k)]
         return self.mode + (":" + ",".join(opts) if opts else "")
 
@@ -202,7 +220,8 @@ class WorkingCache:
         return index
 
     def _read_prompt(self, tokens: list[int], rows: int, vocab: int) -> torch.Tensor:
-        self.mode = self.spec.active(len(tokens))
+        self.spec = self.spec.at(len(tokens))  # this run's prompt decides (auto resolved)
+        self.mode = self.spec.mode
         if self.mode == "full":
             return self.work.forward(tokens, rows, vocab)
         if self.mode == "window":  # the draft reads the sinks and the recent tokens only
