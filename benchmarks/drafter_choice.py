@@ -52,6 +52,8 @@ METHODS = {
     "hf-assisted:4": (None, "bf16", "hf-assisted:4"),
     "hf-lookup": (None, None, "hf-lookup"),
 }
+#: what issue 13's acceptance compares (the default; the other labels are for pilots)
+ACCEPTANCE = ("autoregressive", "auto", "chain-cost-aware-nf4", "hf-assisted", "hf-assisted:4", "hf-lookup")
 
 
 def held_out(per: int, seed: int, tasks=TASKS) -> list[tuple[str, object]]:
@@ -72,7 +74,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=13)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--compression", default="bf16")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=",".join(ACCEPTANCE))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

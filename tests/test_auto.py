@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import speckv
-from speckv.control import make_controller
+from speckv.control import cost_path, make_controller
 from speckv.control.artifact import Setup, load_artifact, shipped_path
 from speckv.control.cost_aware import FEATURES, LookupAcceptance
 from speckv.errors import SpeckvError
@@ -70,6 +70,19 @@ def test_load_probes_once_and_auto_prices_with_it(tiny_pair, tmp_path, monkeypat
     assert str(dec.drafter) == "hybrid:3:1" and dec.controller.cost.meta["calibrated"] == "probe"
     speckv.load("t", "d", dtype="float32", backend="torch")
     assert "timing" not in capsys.readouterr().err  # cached for the setup
+    # a file from an older probe (no per-n shape) is measured again; a calibrated one is kept
+    path = cost_path(dec.setup)
+    old = json.loads(path.read_text())
+    old["meta"].pop("probe_version")
+    old["verify_shape"] = []
+    path.write_text(json.dumps(old))
+    again = speckv.load("t", "d", dtype="float32", backend="torch")
+    assert "timing this machine's forwards" in capsys.readouterr().err
+    assert len(again.controller.cost.verify_shape) == 17
+    old["meta"]["calibrated"] = "live runs"
+    path.write_text(json.dumps(old))
+    kept = speckv.load("t", "d", dtype="float32", backend="torch")
+    assert "timing" not in capsys.readouterr().err and kept.controller.cost.verify_shape == ()
     assert dec.generate([1, 2, 3, 1, 2, 3], max_new_tokens=20).token_ids == \
         dec.generate([1, 2, 3, 1, 2, 3], max_new_tokens=20, controller="autoregressive").token_ids
     levels.clear()

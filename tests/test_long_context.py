@@ -375,3 +375,16 @@ def test_each_method_is_charged_its_own_prompt_reading():
     assert table["retrieval"]["accepted_vs_window"][0] == pytest.approx((38 / 24) / (20 / 30), abs=1e-3)
     assert table["retrieval"]["draft_ms_vs_full"][0] == pytest.approx((3000 / 70) / (12000 / 80), abs=1e-3)
     assert table["window"]["end_to_end_vs_alone"][0] == pytest.approx(86.0 / 74.2, abs=1e-3)
+
+
+def test_auto_windows_only_a_hybrid_draft(tiny_pair):
+    """auto's window rests on lookup copying from the whole prompt: a Decoder drafting with the
+    model alone keeps the full cache below the retrieval threshold (window=0)."""
+    from conftest import tiny_decoder
+    from speckv.api import Decoder
+
+    hybrid = tiny_decoder(tiny_pair)
+    model_only = Decoder(hybrid.target, hybrid.draft, None, drafter="model")
+    assert hybrid.drafter.kind == "hybrid" and hybrid.long_context.window == 256
+    assert model_only.long_context.window == 0
+    assert model_only.long_context.active(1000) == "full" and hybrid.long_context.active(1000) == "window"

@@ -12,7 +12,7 @@ import copy
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from speckv.control import Controller, ControllerSpec, Setup, cost_for, cost_path, make_controller
 from speckv.data.prompts import check_unicode
@@ -110,6 +110,12 @@ def _check_long_context(spec, draft_backend: str | None) -> LongContext:
     return context
 
 
+def _stale(path) -> bool:
+    from speckv.measure.probe import stale
+
+    return stale(path)
+
+
 def _check_tokenizers(target: LoadedModel, draft: LoadedModel) -> None:
     if target.tokenizer.get_vocab() != draft.tokenizer.get_vocab():
         raise SpeckvError(
@@ -134,6 +140,10 @@ class Decoder:
         spec = parse_drafter(drafter).resolve(draft is not None)
         uses_model = spec.needs_model and draft is not None
         context = _check_long_context(long_context, draft.backend if uses_model else None)
+        if context.mode == "auto" and spec.kind != "hybrid":
+            # auto's window rests on lookup copying from the whole prompt; a model-only draft needs
+            # the prompt itself (measured: docs/drafters.md)
+            context = replace(context, window=0)
         if uses_model:
             _check_tokenizers(target, draft)
         self.target = target
@@ -148,7 +158,7 @@ class Decoder:
                            draft.compression if uses_model else "-", target.runner.device.type,
                            getattr(draft.model, "requested", None) if uses_model else None, target.backend)
         self._warned = False
-        if probe and spec.kind != "none" and not cost_path(self.setup).is_file():
+        if probe and spec.kind != "none" and _stale(cost_path(self.setup)):
             self._probe_costs()
         if context.mode == "auto" and context.threshold is None:
             cost = cost_for(self.setup)

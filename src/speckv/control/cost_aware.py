@@ -78,10 +78,11 @@ def _sigmoid(x: float) -> float:
 class CostAware(Controller):
     def __init__(self, acceptance: AcceptanceModel = AcceptanceModel(), cost: CostModel | None = None,
                  max_gamma: int = 16, lr: float = 0.1, name: str = "cost-aware",
-                 lookup: LookupAcceptance = LookupAcceptance()):
+                 lookup: LookupAcceptance = LookupAcceptance(), lookup_lr: float | None = None):
         self.acceptance, self.lookup = acceptance, lookup
         self.cost = cost or CostModel.ratio()
         self.max_gamma, self.lr, self.name = max_gamma, lr, name
+        self.lookup_lr = lr if lookup_lr is None else lookup_lr
 
     def start(self, request: RequestInfo) -> None:
         self.prompt_len, self.produced = request.prompt_len, 0
@@ -174,7 +175,7 @@ class CostAware(Controller):
         for i, s in enumerate(seen):
             y = 1.0 if i < outcome.accepted else 0.0
             if s.match_len:
-                self.lookup_bias += self.lr * (y - self._p_lookup(s, i))
+                self.lookup_bias += self.lookup_lr * (y - self._p_lookup(s, i))
             else:
                 self.bias += self.lr * (y - _sigmoid(self.acceptance.logit(s) + self.bias))
                 self.alpha += 0.05 * (y - self.alpha)

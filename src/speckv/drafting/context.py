@@ -15,7 +15,8 @@ drafted token. `--long-context` picks what the draft keeps:
 - `auto`: retrieval (read lazily unless `read=full`) from a prompt length the cost model chooses
   (`threshold`); below it, a prompt longer than `window` (256) gets a window of that many tokens
   (the draft's read of a 1.5K-token prompt costs it 2 s that a hybrid run, which copies from the
-  whole prompt by lookup anyway, rarely earns back: docs/drafters.md); full for the rest.
+  whole prompt by lookup anyway, rarely earns back: docs/drafters.md; a Decoder drafting with the
+  model alone sets window=0, since there the draft needs the prompt itself); full for the rest.
 
 Invariants:
 - Losslessness never depends on this: only the draft's cache changes; the target verifies.

@@ -6,11 +6,18 @@ on CPU). With no `speckv calibrate` for the setup, `speckv.load` times a few for
 target at 1 and 9 new tokens after a short and a long context, the draft model at one token, prompt
 lookup on a long text -- fits the same cost lines the full calibration fits, and caches them for
 the setup. Loop overhead is not probed (it needs whole runs); the probe uses a small constant.
+
+A cached probe records its PROBE_VERSION; one made by an older probe (version 1 had no per-n
+verification shape, so it priced a 16-token Q4_K_M verification at 226 ms against 151 measured
+and a 2-token one at 40 against 46) is measured again rather than trusted. Costs from
+`speckv calibrate` are never replaced.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +28,7 @@ from speckv.measure.latency import forward_ms
 
 CONTEXTS = (64, 512)
 SHAPE_CONTEXT, SHAPE_TOKENS = 300, tuple(range(1, 18))  # every verification a draft of up to 16 tokens asks for
+PROBE_VERSION = 2  # 2: per-n verification shape (SHAPE_TOKENS)
 OVERHEAD_MS = (1.0, 0.0)  # per step outside forwards: what full calibrations here measured (0.6-1.4 ms)
 
 
@@ -42,6 +50,16 @@ def lookup_ms(tokens: int = 2000, budget: int = 16, repeats: int = 20) -> tuple[
     return (per_step / 2, per_step / 2 / max(len(offer), 1))
 
 
+def stale(path: Path) -> bool:
+    """Whether the cost file at `path` should be (re)measured: missing, unreadable, or made by an
+    older probe. A calibrated one is kept whatever its age."""
+    try:
+        meta = json.loads(Path(path).read_text()).get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return True
+    return meta.get("calibrated") == "probe" and meta.get("probe_version", 1) < PROBE_VERSION
+
+
 def probe(target: Runner, draft: Runner | None, meta: dict | None = None) -> CostModel:
     """Cost lines for this target (and draft) on this machine, from about twenty timed forwards."""
     target = as_runner(target)
@@ -58,6 +76,6 @@ def probe(target: Runner, draft: Runner | None, meta: dict | None = None) -> Cos
         draft_line = (0.0, max(0.0, per_token[CONTEXTS[0]] - slope * CONTEXTS[0] / 1000), slope)
     prefill = (verify[0], verify[1] * 1000)  # the line at n = prompt length: pessimistic (prefill batches better)
     cost = CostModel(draft_line, tuple(verify), OVERHEAD_MS, prefill,
-                     {"calibrated": "probe", "threads": target.threads, **(meta or {})}, lookup_ms())
+                     {"calibrated": "probe", "probe_version": PROBE_VERSION, "threads": target.threads, **(meta or {})}, lookup_ms())
     # Kernels chosen by batch size make the cost of n tokens jagged: measure every n a draft can ask for.
     return cost.with_shape(forward_ms(target, context=SHAPE_CONTEXT, new_tokens=SHAPE_TOKENS, repeats=2), SHAPE_CONTEXT)
