@@ -125,3 +125,27 @@ def test_hf_directory_is_refused_by_llamacpp(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SpeckvError, match="not a .gguf file"):
         load_model(str(tmp_path), None, "cpu", "llamacpp")
+
+
+def test_ctrl_c_in_the_log_callback_is_raised_after_the_call():
+    """llama.cpp logs through a Python callback (several times per token); ctypes drops an
+    exception raised there. An interrupt that lands in it is held and raised when the call
+    returns; anywhere else it raises at once, as Python's default handler does."""
+    import signal
+    from types import SimpleNamespace
+
+    from speckv.backends import llamacpp
+
+    in_callback = SimpleNamespace(f_code=llamacpp._drop_log.__code__)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with llamacpp._interruptible():
+            llamacpp._on_sigint(signal.SIGINT, in_callback)  # what ctypes would have swallowed
+            reached.append("the call ran on")
+    assert reached == ["the call ran on"]
+    with pytest.raises(KeyboardInterrupt):
+        llamacpp._on_sigint(signal.SIGINT, None)
+    with llamacpp._interruptible():  # nothing pending from before: a later call is not interrupted
+        pass
+    llamacpp.lib()
+    assert signal.getsignal(signal.SIGINT) is llamacpp._on_sigint  # over Python's default

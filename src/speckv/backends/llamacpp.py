@@ -15,6 +15,11 @@ Invariants:
 - Threads: physical cores unless told (llama.cpp's threads spin; one per hyperthread slows it).
 - Levels are GGUF types: a built-in model's native Q4_K_M file as it is; q8_0, bf16, f16, f32
   made once with llama.cpp's own quantizer (up-conversions of the same values) and cached.
+- Ctrl-C is never lost: llama.cpp calls back into Python to log (about six times per decoded
+  token), and an interrupt handled inside that callback would be printed and dropped by ctypes
+  while generation ran on. Our SIGINT handler (installed over Python's default, main thread only)
+  notes an interrupt that lands there instead of raising, and the llama.cpp call raises it once
+  it returns (`_interruptible`).
 - f32 is the exact level: its contexts keep the KV cache in f32 and run attention without flash
   attention, so a k-token forward matches k one-token forwards to float rounding (1e-5; with the
   default f16 cache and flash attention logits move by up to 0.15 and quantized levels by ~0.8,
@@ -26,6 +31,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +52,29 @@ BATCH = 2048  # tokens per llama_decode call; longer feeds are split
 
 
 _QUIET = []  # the ctypes log callback must outlive every call into llama.cpp
+_SIGINTS = [0]  # interrupts seen by _on_sigint (process-wide, as signals are)
+
+
+def _drop_log(level, text, data) -> None:
+    """llama.cpp's log callback: drops every line."""
+
+
+def _on_sigint(signum, frame) -> None:
+    """Python's default SIGINT handler, except inside the log callback, where ctypes would drop
+    the KeyboardInterrupt: there the interrupt is only counted, and `_interruptible` raises it."""
+    _SIGINTS[0] += 1
+    if frame is not None and frame.f_code is _drop_log.__code__:
+        return
+    signal.default_int_handler(signum, frame)
+
+
+@contextmanager
+def _interruptible():
+    """Around a llama.cpp call: an interrupt that landed in its log callback is raised after it."""
+    before = _SIGINTS[0]
+    yield
+    if _SIGINTS[0] != before:
+        raise KeyboardInterrupt
 
 
 def lib():
@@ -57,8 +88,10 @@ def lib():
         raise SpeckvError("the llama.cpp backend needs llama-cpp-python: run scripts/setup.sh "
                           "(or pip install llama-cpp-python)") from None
     if not _QUIET:
-        _QUIET.append(llama_cpp.llama_log_callback(lambda level, text, data: None))
+        _QUIET.append(llama_cpp.llama_log_callback(_drop_log))
         llama_cpp.llama_log_set(_QUIET[0], ctypes.c_void_p(0))
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _on_sigint)
     return llama_cpp
 
 
@@ -108,7 +141,8 @@ def quantize(source: Path, dest: Path, level: str, threads: int) -> None:
     params.nthread = threads
     params.ftype = LEVELS[level]
     params.allow_requantize = True
-    rc = L.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
+    with _interruptible():
+        rc = L.llama_model_quantize(str(source).encode(), str(dest).encode(), ctypes.byref(params))
     if rc != 0 or not dest.is_file():
         raise SpeckvError(f"llama.cpp could not write {source.name} at {level} (code {rc})")
 
@@ -145,7 +179,8 @@ class LlamaSequence:
             ctx.pos[:n] = np.arange(self.length, self.length + n)
             ctx.flags[:n] = np.arange(start, start + n) >= first_out
             ctx.batch.n_tokens = n
-            rc = L.llama_decode(ctx.ptr, ctx.batch)
+            with _interruptible():
+                rc = L.llama_decode(ctx.ptr, ctx.batch)
             if rc != 0:
                 raise SpeckvError(f"llama.cpp decode failed (code {rc}) at {self.length} + {n} tokens")
             self.length += n
@@ -180,7 +215,8 @@ class LlamaRunner:
         params = L.llama_model_default_params()
         params.n_gpu_layers = 0
         self.path = path
-        self._model = L.llama_model_load_from_file(str(path).encode(), params)
+        with _interruptible():
+            self._model = L.llama_model_load_from_file(str(path).encode(), params)
         if not self._model:
             raise SpeckvError(f"llama.cpp cannot read the GGUF file {path}")
         self._vocab = L.llama_model_get_vocab(self._model)
@@ -215,7 +251,8 @@ class LlamaRunner:
         if self.exact:  # f32 cache, plain attention: batched and one-token forwards round alike
             params.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_DISABLED
             params.type_k = params.type_v = L.GGML_TYPE_F32
-        ptr = L.llama_init_from_model(self._model, params)
+        with _interruptible():
+            ptr = L.llama_init_from_model(self._model, params)
         if not ptr:
             raise SpeckvError(f"llama.cpp could not make a context of {self.max_context} tokens (out of memory?)")
         batch = L.llama_batch_init(BATCH, 0, 1)
