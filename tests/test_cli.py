@@ -121,7 +121,9 @@ def test_sigint_during_generation_exits_130(smol):
     proc = subprocess.Popen(
         [sys.executable, "-m", "speckv", "generate", "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,", "--raw", "--target", SMOL,
          "--controller", "autoregressive", "--max-new-tokens", "4000"],  # counting on: far from done at the signal
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        # as from a terminal: a run started in the background by a shell (`cmd &`) inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert proc.stdout.read(8)  # generation has started
         time.sleep(0.5)

@@ -147,5 +147,12 @@ def test_ctrl_c_in_the_log_callback_is_raised_after_the_call():
         llamacpp._on_sigint(signal.SIGINT, None)
     with llamacpp._interruptible():  # nothing pending from before: a later call is not interrupted
         pass
-    llamacpp.lib()
-    assert signal.getsignal(signal.SIGINT) is llamacpp._on_sigint  # over Python's default
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as Python starts from a terminal
+    try:
+        llamacpp.lib()
+        assert signal.getsignal(signal.SIGINT) is llamacpp._on_sigint  # installed over Python's default
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        llamacpp.lib()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # anything else is left alone
+    finally:
+        signal.signal(signal.SIGINT, previous)
