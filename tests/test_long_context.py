@@ -202,6 +202,8 @@ def test_retrieval_keeps_the_chunks_the_target_attends_to():
     ("sparse", "unknown long-context mode"),
     ("retrieval:read=partial", "read must be full or lazy"),
     ("retrieval:read=lazy,sinks=0", "needs sinks >= 1"),
+    ("auto:window=-1", "window must be 0 or more"),
+    ("auto:window=4", "must exceed its 4 sinks"),
 ])
 def test_bad_specs_are_refused(spec, message):
     with pytest.raises(SpeckvError, match=message):
@@ -224,6 +226,7 @@ def test_auto_threshold_follows_the_cost_model():
     assert (LongContext.parse("auto").reads, LongContext.parse("retrieval").reads) == ("lazy", "full")
     assert LongContext.parse("auto:read=full").reads == "full"
     assert str(LongContext.parse("retrieval:read=lazy,budget=512")) == "retrieval:budget=512,read=lazy"
+    assert LongContext.parse("window:budget=1024,sinks=300").sinks == 300  # auto's window option is auto's alone
 
 
 def test_a_move_without_re_rotation_is_caught(monkeypatch):

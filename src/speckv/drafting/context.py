@@ -108,10 +108,10 @@ class LongContext:
             raise SpeckvError("long context: read=lazy reads each chunk after the sinks: it needs sinks >= 1")
         if self.threshold is not None and self.threshold < 1:
             raise SpeckvError(f"long context: threshold must be positive (got {self.threshold})")
-        if self.window and not self.sinks < self.window:
-            raise SpeckvError(f"long context: a window of {self.window} tokens must exceed its {self.sinks} sinks (0: no window)")
         if self.window < 0:
             raise SpeckvError(f"long context: window must be 0 or more (got {self.window})")
+        if self.mode == "auto" and self.window and self.sinks >= self.window:
+            raise SpeckvError(f"long context: a window of {self.window} tokens must exceed its {self.sinks} sinks (0: no window)")
 
     def at(self, prompt_len: int) -> LongContext:
         """The concrete spec for a prompt of this length (auto resolved; prompts that fit the
