@@ -95,13 +95,13 @@ def run_unit(decoders: dict[str, Decoder], config: LongConfig, length: int, inde
         result = dec.generate(ids, max_new_tokens=config.max_new_tokens, controller=controller)
         steps = result.steps
         drafting = [s for s in steps if s.drafted]
-        context = dec.long_context
-        mode = "alone" if method == "alone" else context.active(len(ids))
+        spec = dec.long_context.at(len(ids))  # what this document's length made of the method's spec
+        mode = "alone" if method == "alone" else spec.mode
         rows.append({
             "length": length, "doc": index, "prompt_id": doc.id, "kind": doc.category, "prompt_tokens": len(ids),
             "method": method, "mode": mode, "new_tokens": len(result.token_ids), "tokens": result.token_ids,
             # whether the draft read the whole prompt (else only a window): whose prefill it is charged
-            "reads_prompt": mode == "full" or (mode != "alone" and not context.windowed),
+            "reads_prompt": mode != "alone" and not spec.windowed,
             "wall_s": result.stats.wall_s, "prefill_s": result.stats.prefill_ms / 1000,
             "decode_s": result.stats.wall_s - result.stats.prefill_ms / 1000, "steps": len(steps),
             "drafting_steps": len(drafting), "accepted": sum(s.accepted for s in drafting),
