@@ -85,6 +85,27 @@ def test_every_controller_and_drafter_is_llamacpps_own_greedy(smol_decoder, cont
         assert got.stats.new_tokens == len(got.token_ids)
 
 
+def test_a_window_reads_part_of_a_long_prompt_and_stays_llamacpps_own_greedy(smol_decoder):
+    """The draft's window on llama.cpp (auto's tier below retrieval, or asked for): the draft reads
+    the sinks and the most recent tokens of a long prompt once and keeps what follows (no eviction
+    there), and output stays the target's."""
+    auto = speckv.Decoder(smol_decoder.target, smol_decoder.draft, "auto", "hybrid", long_context="auto:window=64")
+    assert auto.engine.draft.model.context.at(577).mode == "window"  # never retrieval here
+    dec = speckv.Decoder(smol_decoder.target, smol_decoder.draft, "fixed:4", "model", long_context="window:budget=64,chunk=16")
+    prompt = " ".join(f"item {i}: value {i * 7 % 13}." for i in range(60)) + " Continue the list:"
+    ids = dec.prepare(prompt)
+    assert len(ids) > 200
+    want = llama_greedy(dec.target.path, ids, 40, dec.stop_ids)
+    made = []
+    drafter = dec.engine.new_drafter()
+    dec.engine.new_drafter = lambda: made.append(drafter) or drafter
+    got = dec.generate(ids, max_new_tokens=40)
+    assert [t for t in got.token_ids if t not in dec.stop_ids] == want
+    cache = made[0].cache
+    assert cache.mode == "window" and cache.offset == len(ids) - 1 - 64  # the draft read 64 of ids[:-1], then kept all
+    assert got.stats.mean_accepted > 0
+
+
 def test_decoder_on_llamacpp_names_its_setup(smol_decoder):
     setup = smol_decoder.setup
     assert (setup.backend, setup.compression, setup.draft_compression) == ("llamacpp", EXACT, "q4_k_m")

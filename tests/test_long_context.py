@@ -293,14 +293,16 @@ def test_cli_eval_long_context_refuses_bad_input_and_leaves_nothing(cli, tmp_pat
     assert not out.exists()
 
 
-def test_window_and_retrieval_need_a_transformers_draft():
+def test_retrieval_needs_a_transformers_draft_and_window_a_draft():
     from speckv.api import _check_long_context
 
     with pytest.raises(SpeckvError, match="transformers backend"):
         _check_long_context("retrieval", "llamacpp")
     with pytest.raises(SpeckvError, match="drafts without one"):
         _check_long_context("window", None)
-    assert _check_long_context("auto", "llamacpp").mode == "full"  # auto: what the backend allows
+    assert _check_long_context("window", "llamacpp").mode == "window"
+    auto = _check_long_context("auto", "llamacpp")  # auto: its window, never retrieval
+    assert (auto.active(300), auto.active(100_000)) == ("window", "window")
 
 
 def test_lazy_retrieval_reads_only_what_it_chooses(long_pair):

@@ -19,7 +19,7 @@ from speckv.data.prompts import check_unicode
 from speckv.detok import Detokenizer
 from speckv.drafting import DrafterSpec, parse_drafter
 from speckv.drafting.chain import ChainSource
-from speckv.drafting.context import LongContext, auto_threshold
+from speckv.drafting.context import NEVER, LongContext, auto_threshold
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.records import Stats, StepRecord
@@ -96,17 +96,17 @@ def _tree_needs_model(controller, has_model: bool) -> None:
 
 
 def _check_long_context(spec, draft_backend: str | None) -> LongContext:
-    """A long-context spec, refused where it cannot work: window and retrieval reshape a
-    transformers draft's cache (llama.cpp's is out of reach); `auto` keeps the full cache there."""
+    """A long-context spec, refused where it cannot work: window and retrieval shape the draft
+    model's cache, and retrieval moves entries between a transformers draft's caches (llama.cpp's
+    are out of reach); there `auto` keeps its window and never turns retrieval on."""
     context = LongContext.parse(spec)
-    if context.mode in ("window", "retrieval"):
-        if draft_backend is None:
-            raise SpeckvError(f"--long-context {context.mode} shapes the draft model's cache; this run drafts without one")
-        if draft_backend != "torch":
-            raise SpeckvError(f"--long-context {context.mode} needs the transformers backend (--backend torch); "
-                              f"{draft_backend} keeps the draft's cache out of reach")
+    if context.mode in ("window", "retrieval") and draft_backend is None:
+        raise SpeckvError(f"--long-context {context.mode} shapes the draft model's cache; this run drafts without one")
+    if context.mode == "retrieval" and draft_backend not in (None, "torch"):
+        raise SpeckvError(f"--long-context retrieval needs the transformers backend (--backend torch); "
+                          f"{draft_backend} keeps the draft's caches out of reach")
     if context.mode == "auto" and draft_backend not in (None, "torch"):
-        return LongContext("full")
+        return context.with_threshold(NEVER)
     return context
 
 

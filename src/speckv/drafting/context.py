@@ -26,6 +26,9 @@ Invariants:
   packed at positions 0..k-1 (keys re-rotated when moved: backends/hf.py `gather`), then the
   *tail*: every id since the selection's last entry, in order (true index = working index + offset).
 - Selections change only between steps, at commit(), when the cache holds exactly the accepted ids.
+- A backend whose sequences cannot `gather` (llama.cpp: one context per sequence) runs `window`
+  without eviction: the draft reads the sinks and recent tokens once, then keeps every id after
+  them (the window grows with the output); retrieval needs gather and is refused there (api.py).
 - The full cache (retrieval) holds every accepted id it has read (`where`: true index -> entry):
   the prompt as read, later ids as computed in the working cache (SpecExtend does the same),
   synced before each re-selection. With read=full it holds every id in order.
@@ -40,6 +43,8 @@ import torch
 from speckv.errors import SpeckvError
 
 MODES = ("full", "window", "retrieval", "auto")
+LONGEST = 1 << 17  # auto's threshold search stops here; a threshold above it never turns retrieval on
+NEVER = LONGEST + 1
 OPTIONS = ("budget", "chunk", "refresh", "sinks", "threshold", "read", "window")
 #: the most recent ids every working cache keeps, in chunks (retrieval) on top of the ranked ones
 RECENT_CHUNKS = 2
@@ -156,7 +161,7 @@ class LongContext:
         return self.mode + (":" + ",".join(opts) if opts else "")
 
 
-def auto_threshold(draft_ms, budget: int, gain: float = 1.2, longest: int = 1 << 17) -> int:
+def auto_threshold(draft_ms, budget: int, gain: float = 1.2, longest: int = LONGEST) -> int:
     """The shortest prompt at which the draft's cost per token over the full prompt is `gain` times
     its cost over a working cache of `budget` tokens (draft_ms(ctx): the cost model's line); a
     cost model that sees no context cost never turns retrieval on."""
@@ -199,9 +204,9 @@ class WorkingCache:
     def forward(self, tokens: list[int], rows: int, vocab: int, parents: list[int | None] | None = None) -> torch.Tensor:
         if len(self) == 0 and parents is None:
             return self._read_prompt(tokens, rows, vocab)
-        if parents is not None:
-            parents = [p if p is None else self._working(p) for p in parents]
-        return self.work.forward(tokens, rows, vocab, parents)
+        if parents is None:  # (a chain: llama.cpp's sequences take no parents)
+            return self.work.forward(tokens, rows, vocab)
+        return self.work.forward(tokens, rows, vocab, [p if p is None else self._working(p) for p in parents])
 
     def compact(self, length: int, path: list[int]) -> None:
         self.work.compact(self._working(length), [self._working(p) for p in path])
@@ -250,7 +255,7 @@ class WorkingCache:
         """A verification step is over and the cache holds exactly the accepted ids (minus the
         last): evict (window) or re-choose chunks (retrieval) when it is time."""
         self.steps += 1
-        if self.mode == "window":
+        if self.mode == "window" and hasattr(self.work, "gather"):
             if len(self.work) - self.tail > self.spec.budget - self.spec.sinks + self.spec.chunk:
                 n = len(self)
                 self._select(list(range(self.spec.sinks)) + list(range(n - self.spec.budget + self.spec.sinks, n)), n)
