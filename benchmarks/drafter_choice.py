@@ -32,10 +32,9 @@ from speckv.files import write_json
 from speckv.measure.replay import oracle, replay
 from speckv.measure.stats import aggregate_tps, paired_ratio_ci
 from speckv.measure.trace import collect_trace
+from speckv.models.draft import load_draft
 from speckv.models.load import load_model
-from speckv.models.reduced_head import reduce_head
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
-from speckv.data.token_freq import token_ranking
 
 TASKS = ("code", "math", "chat", "summarization", "edit", "rag", "translation")
 #: label -> (drafter, draft compression or None for no draft, controller spec); "nf4-v32768": NF4
@@ -80,15 +79,19 @@ def main() -> None:
     args = ap.parse_args()
     labels = args.methods.split(",")
     target = load_model(DEFAULT_TARGET, args.compression, "cpu")
-    levels = {METHODS[m][1] for m in labels} - {None}
-    drafts = {level: load_model(DEFAULT_DRAFT, level, "cpu") for level in {lv.split("-")[0] for lv in levels}}
-    for level in levels - set(drafts):
-        base, vocab = level.split("-v")
-        drafts[level] = reduce_head(drafts[base], int(vocab), token_ranking(drafts[base].tokenizer))
+    # Ours draft with what speckv loads (models/draft.py: an int8 head, or "nf4-v32768": a 32k-token
+    # head); transformers' methods with the draft as transformers loads it.
+    drafts = {}
+    for label in labels:
+        level, external = METHODS[label][1], METHODS[label][2].startswith("hf-")
+        if level is not None and (level, external) not in drafts:
+            base, _, vocab = level.partition("-v")
+            drafts[level, external] = (load_model(DEFAULT_DRAFT, base, "cpu") if external else
+                                       load_draft(DEFAULT_DRAFT, base, "cpu", vocab=int(vocab) if vocab else None))
     decoders = {}
     for label in labels:
         drafter, level, spec = METHODS[label]
-        draft = drafts.get(level)
+        draft = drafts.get((level, spec.startswith("hf-")))
         if spec.startswith("hf-") or spec == "autoregressive":
             decoders[label] = Decoder(target, draft, "autoregressive", drafter="model" if draft else "auto")
         else:

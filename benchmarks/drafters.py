@@ -118,6 +118,12 @@ def main() -> None:
                 small = reduce_head(loaded, n, ranking)
                 ms = forward_ms(small.model, context=300, new_tokens=(1,), repeats=7)[1]
                 record(f"model nf4, head {n}", round(ms, 2), None, lambda t: model_hits(small.model, t), {"vocab": n})
+            from speckv.models.int8_head import quantize_head
+
+            quantize_head(loaded)  # what load_draft gives (models/draft.py): the full head in int8
+            ms = forward_ms(loaded.model, context=300, new_tokens=(1,), repeats=7)[1]
+            record("model nf4, int8 head", round(ms, 2), round(loaded.model.get_memory_footprint() / 2**20),
+                   lambda t: model_hits(loaded.model, t))
         if level == "bf16" and args.compile:
             t0 = time.perf_counter()
             compiled = torch.compile(loaded.model, dynamic=True)

@@ -25,6 +25,7 @@ from drafter_choice import held_out
 from speckv.api import Decoder, default_draft_level
 from speckv.files import write_json
 from speckv.measure.stats import live_summary
+from speckv.models.draft import load_draft
 from speckv.models.load import load_model
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -59,7 +60,7 @@ def main() -> None:
     labels = args.methods.split(",")
     target = load_model(DEFAULT_TARGET, args.compression, "cpu", "torch")
     draft_level = args.draft_compression or default_draft_level(args.compression, "cpu") or args.compression
-    draft = load_model(DEFAULT_DRAFT, draft_level, "cpu", "torch")
+    draft = load_draft(DEFAULT_DRAFT, draft_level, "cpu", "torch")
     decoders = {label: Decoder(target, draft, METHODS[label][1], drafter=METHODS[label][0], probe=True) for label in labels}
     prompts = held_out(args.per, args.seed, args.tasks.split(","))
     for label in labels:  # untimed warm-up: weights paged in, kernels chosen

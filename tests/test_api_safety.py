@@ -244,9 +244,11 @@ def test_controller_none_means_the_default(tiny_pair):
 def test_load_with_controller_none(monkeypatch, tiny_pair):
     """speckv.load(controller=None) (and draft=None with the default) picks auto or autoregressive."""
     import speckv.api as api
+    import speckv.models.draft as draft_module
 
     models = {"t": tiny_pair[0], "d": tiny_pair[1]}
     monkeypatch.setattr(api, "load_model", lambda name, level, device, backend: LoadedModel(name, Path("."), models[name], CharTokenizer(), level))
+    monkeypatch.setattr(draft_module, "load_model", lambda name, level, device, backend: LoadedModel(name, Path("."), models[name], CharTokenizer(), level))
     assert speckv.load("t", "d", controller=None).controller.name == "auto"
     assert speckv.load("t", None, controller=None).controller.name == "autoregressive"
     assert speckv.load("t", None).controller.name == "autoregressive"

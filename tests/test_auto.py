@@ -54,6 +54,7 @@ def test_probe_measures_both_models(tiny_pair):
 
 def test_load_probes_once_and_auto_prices_with_it(tiny_pair, tmp_path, monkeypatch, capsys):
     import speckv.api as api
+    import speckv.models.draft as draft_module
 
     monkeypatch.setenv("SPECKV_HOME", str(tmp_path))
     models = {"t": tiny_pair[0], "d": tiny_pair[1]}
@@ -65,6 +66,7 @@ def test_load_probes_once_and_auto_prices_with_it(tiny_pair, tmp_path, monkeypat
         return LoadedModel(name, Path("."), models[name], CharTokenizer(), level)
 
     monkeypatch.setattr(api, "load_model", fake_load)
+    monkeypatch.setattr(draft_module, "load_model", fake_load)
     dec = speckv.load("t", "d", dtype="float32", backend="torch")
     assert "timing this machine's forwards" in capsys.readouterr().err
     assert str(dec.drafter) == "hybrid:3:1" and dec.controller.cost.meta["calibrated"] == "probe"
@@ -107,7 +109,9 @@ def test_default_draft_level():
 ])
 def test_bad_drafter_options_fail_before_loading(cli, monkeypatch, args, message):
     import speckv.api as api
+    import speckv.models.draft as draft_module
 
     monkeypatch.setattr(api, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(draft_module, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
     code, out, err = cli("generate", "hi", *args)
     assert code == 2 and err.startswith("speckv: error:") and message in err and len(err.strip().splitlines()) == 1

@@ -88,7 +88,7 @@ def test_train_writes_only_the_named_levels(cli, monkeypatch, tmp_path):
     monkeypatch.setattr(artifact, "cache_home", lambda: tmp_path / "cache")
     out = tmp_path / "eval"
     common = ["trace", "--out", str(out), "--tasks", "chat", "--train-per-task", "2", "--test-per-task", "1",
-              "--max-new-tokens", "8", "--depth", "4", "--draft", SMOL, "--target", SMOL]
+              "--max-new-tokens", "16", "--depth", "4", "--draft", SMOL, "--target", SMOL]
     assert cli(*common, "--compression", "bf16")[0] == 0
     assert cli(*common, "--compression", "fp32")[0] == 0
     code, _, err = cli("calibrate", "--out", str(out), "--compression", "fp32", "--prompts", "1")
@@ -99,7 +99,7 @@ def test_train_writes_only_the_named_levels(cli, monkeypatch, tmp_path):
     code, _, err = cli("train", "--out", str(out), "--compression", "fp32")
     assert code == 0, err
     arts = {p.name.split("--")[0]: json.loads(p.read_text()) for p in (out / "controllers").glob("*.json")}
-    assert set(arts) == {"cost-aware", "speckv"}
+    assert {"cost-aware", "speckv"} <= set(arts) <= {"cost-aware", "speckv", "heterospec"}  # (heterospec: when its data suffices)
     assert all(a["setup"]["compression"] == "fp32" for a in arts.values())
     assert arts["cost-aware"]["trained_on"]["traces"] == 2  # its own level only
     assert arts["speckv"]["trained_on"]["traces"] == 4  # both traced levels

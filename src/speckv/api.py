@@ -24,6 +24,7 @@ from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
 from speckv.records import Stats, StepRecord
 from speckv.models.compress import Compression
+from speckv.models.draft import load_draft
 from speckv.models.load import LoadedModel, load_model, parse_level, pick_backend, pick_device
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -407,12 +408,7 @@ def load(
 
         check_draft_vocab(draft_vocab, model_path(draft))  # provisions the draft if needed, loads nothing
     target_model = load_model(target, target_level, device, backend)
-    draft_model = load_model(draft, draft_level, device, backend) if draft else None
-    if draft_model is not None and draft_vocab is not None:
-        from speckv.data.token_freq import token_ranking
-        from speckv.models.reduced_head import reduce_head
-
-        draft_model = reduce_head(draft_model, draft_vocab, token_ranking(draft_model.tokenizer))
+    draft_model = load_draft(draft, draft_level, device, backend, draft_vocab) if draft else None
     return Decoder(target_model, draft_model, controller, drafter, probe=True, long_context=long_context)
 
 

@@ -130,10 +130,10 @@ class Session:
     """A loaded pair at one target compression (the draft is loaded once and shared)."""
 
     def __init__(self, config: EvalConfig, draft=None):
-        from speckv.models.load import load_model
+        from speckv.models.draft import load_draft
 
         self.config = config
-        self.draft = draft or load_model(config.draft, config.draft_compression, config.device, config.backend)
+        self.draft = draft or load_draft(config.draft, config.draft_compression, config.device, config.backend)
 
     def decoder(self, level: str) -> Decoder:
         from speckv.models.load import load_model

@@ -9,7 +9,8 @@ the setup. Loop overhead is not probed (it needs whole runs); the probe uses a s
 
 A cached probe records its PROBE_VERSION; one made by an older probe (version 1 had no per-n
 verification shape, so it priced a 16-token Q4_K_M verification at 226 ms against 151 measured
-and a 2-token one at 40 against 46) is measured again rather than trusted. Costs from
+and a 2-token one at 40 against 46; version 2 timed CPU drafts with their float head, 30% dearer
+than the int8 head they now draft with) is measured again rather than trusted. Costs from
 `speckv calibrate` are never replaced.
 """
 
@@ -28,7 +29,7 @@ from speckv.measure.latency import forward_ms
 
 CONTEXTS = (64, 512)
 SHAPE_CONTEXT, SHAPE_TOKENS = 300, tuple(range(1, 18))  # every verification a draft of up to 16 tokens asks for
-PROBE_VERSION = 2  # 2: per-n verification shape (SHAPE_TOKENS)
+PROBE_VERSION = 3  # 2: per-n verification shape (SHAPE_TOKENS); 3: drafts with an int8 head on CPU (models/draft.py)
 OVERHEAD_MS = (1.0, 0.0)  # per step outside forwards: what full calibrations here measured (0.6-1.4 ms)
 
 

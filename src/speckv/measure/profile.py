@@ -196,6 +196,7 @@ def run_profile(config: ProfileConfig, out: Path, force: bool = False, csv: bool
 
 def _measure(config: ProfileConfig, levels: list[str], prompts, out: Path, force: bool, csv: bool, progress) -> int:
     from speckv.api import Decoder
+    from speckv.models.draft import load_draft
     from speckv.models.load import load_model
 
     ensure_dir(out / "steps")
@@ -213,7 +214,7 @@ def _measure(config: ProfileConfig, levels: list[str], prompts, out: Path, force
             todo.append((lvl, task, p))
     if progress:
         progress.start(len(levels) * len(prompts), len(levels) * len(prompts) - len(todo))
-    draft = load_model(config.draft, config.draft_compression, config.device) if todo else None
+    draft = load_draft(config.draft, config.draft_compression, config.device) if todo else None
     written = 0
     for level in levels:
         units = [(task, p) for lvl, task, p in todo if lvl == level]
