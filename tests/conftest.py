@@ -56,6 +56,18 @@ def tiny_decoder(pair, controller=None):
                    LoadedModel("tiny-draft", Path("."), draft, CharTokenizer(), "fp32"), controller)
 
 
+def greedy_runs_of_the_target(dec, prompts=("abcabc", "hello world", "x1y2z3"), max_new_tokens=40) -> list:
+    """The Decoder's greedy runs on each prompt, each asserted equal to the target's output alone
+    (callers check that drafts were accepted at all)."""
+    runs = []
+    for prompt in prompts:
+        want = dec.generate(prompt, max_new_tokens=max_new_tokens, controller="autoregressive")
+        got = dec.generate(prompt, max_new_tokens=max_new_tokens)
+        assert got.token_ids == want.token_ids
+        runs.append(got)
+    return runs
+
+
 @pytest.fixture(scope="session")
 def tiny_pair():
     """(target, draft): related but different models, so drafts are sometimes rejected."""

@@ -4,6 +4,7 @@ suspended stream gives exactly the single-threaded results, and bad input is a S
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import threading
@@ -248,7 +249,8 @@ def test_load_with_controller_none(monkeypatch, tiny_pair):
 
     models = {"t": tiny_pair[0], "d": tiny_pair[1]}
     monkeypatch.setattr(api, "load_model", lambda name, level, device, backend: LoadedModel(name, Path("."), models[name], CharTokenizer(), level))
-    monkeypatch.setattr(draft_module, "load_model", lambda name, level, device, backend: LoadedModel(name, Path("."), models[name], CharTokenizer(), level))
+    # (a copy: the draft's head is made int8 in place at the default draft level, and tiny_pair is shared)
+    monkeypatch.setattr(draft_module, "load_model", lambda name, level, device, backend: LoadedModel(name, Path("."), copy.deepcopy(models[name]), CharTokenizer(), level))
     assert speckv.load("t", "d", controller=None).controller.name == "auto"
     assert speckv.load("t", None, controller=None).controller.name == "autoregressive"
     assert speckv.load("t", None).controller.name == "autoregressive"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import CHARS, CharTokenizer, tiny_model
+from conftest import CHARS, CharTokenizer, greedy_runs_of_the_target, tiny_model
 from speckv.api import Decoder
 from speckv.control import make_controller
 from speckv.data import token_freq
@@ -80,14 +80,9 @@ def test_greedy_with_a_reduced_draft_is_the_targets_output(tiny_pair):
     ranking = np.random.default_rng(0).permutation(64)
     reduced = reduce_head(loaded(draft), 16, ranking)
     dec = Decoder(loaded(target, "tiny-target"), reduced, "fixed:4")
-    accepted = 0
-    for prompt in ("abcabc", "hello world", "x1y2z3"):
-        want = dec.generate(prompt, max_new_tokens=40, controller="autoregressive")
-        got = dec.generate(prompt, max_new_tokens=40)
-        assert got.token_ids == want.token_ids
-        accepted += sum(s.accepted for s in got.steps)
-        assert all(math.isfinite(t.entropy) for s in got.steps for t in s.signals)
-    assert accepted > 0  # the reduced draft did get tokens accepted
+    steps = [s for run in greedy_runs_of_the_target(dec) for s in run.steps]
+    assert all(math.isfinite(t.entropy) for s in steps for t in s.signals)
+    assert sum(s.accepted for s in steps) > 0  # the reduced draft did get tokens accepted
 
 
 def test_speculative_sampling_with_a_reduced_draft_is_exact():

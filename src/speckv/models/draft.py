@@ -2,7 +2,7 @@
 
 One place for it, so the API, evaluation and the benchmarks all draft with the same model: with
 `vocab` the head keeps only the N most frequent tokens (models/reduced_head.py); otherwise, on CPU
-at bf16, int8 or NF4, the head is int8 (models/int8_head.py: 29 -> 22 ms per NF4 draft token here,
+at bf16, int8 or NF4, the head is int8 (models/int8_head.py: 32 -> 25 ms per NF4 draft token here,
 the draft's argmax unchanged at 98% of positions). Neither can change the output: the target
 verifies every drafted token.
 """

@@ -1,7 +1,7 @@
 """A draft model's LM head in int8 (CPU): the same rows, a quarter of the bytes of fp32, half of bf16.
 
 A draft token on CPU reads the whole LM head: Qwen2.5-Coder-0.5B's is 151936 x 896, untied, and
-bitsandbytes leaves it in bf16 when it quantizes the body to NF4, so it costs 9.6 ms of a 29 ms NF4
+bitsandbytes leaves it in bf16 when it quantizes the body to NF4, so it costs 9.6 ms of a 29-32 ms NF4
 draft token here. In int8 (symmetric, one scale per row; the hidden state quantized per row at
 run time) it costs 3.3 ms (`torch._int_mm`, int32 accumulation).
 
@@ -58,7 +58,7 @@ def supported() -> bool:
 
 
 def quantize_head(loaded: LoadedModel) -> LoadedModel:
-    """The draft with its LM head in int8 (in place; the float head's memory is freed), or as it
+    """The draft with its LM head in int8 (in place; an untied float head is freed), or as it
     was where the head is not a plain float Linear on the CPU or the CPU has no int8 matmul."""
     model = loaded.model
     head = model.get_output_embeddings()
