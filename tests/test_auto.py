@@ -1,6 +1,7 @@
 """`auto` out of the box: the drafter, the draft's compression and the controller's prices are
 chosen for the loaded pair, from artifacts shipped in the package and a cost probe of this machine."""
 
+import copy
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -63,7 +64,8 @@ def test_load_probes_once_and_auto_prices_with_it(tiny_pair, tmp_path, monkeypat
     def fake_load(name, level, device, backend):
         assert backend == "torch"
         levels.append(level)
-        return LoadedModel(name, Path("."), models[name], CharTokenizer(), level)
+        # (a copy: at the default draft level load_draft makes the head int8 in place, and tiny_pair is shared)
+        return LoadedModel(name, Path("."), copy.deepcopy(models[name]), CharTokenizer(), level)
 
     monkeypatch.setattr(api, "load_model", fake_load)
     monkeypatch.setattr(draft_module, "load_model", fake_load)
