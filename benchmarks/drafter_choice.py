@@ -80,19 +80,17 @@ def main() -> None:
     labels = args.methods.split(",")
     target = load_model(DEFAULT_TARGET, args.compression, "cpu")
     # Ours draft with what speckv loads (models/draft.py: an int8 head, or "nf4-v32768": a 32k-token
-    # head); transformers' methods with the draft as transformers loads it.
-    drafts = {}
+    # head); transformers' methods with the draft as transformers loads it. One draft per kind, shared.
+    drafts, decoders = {}, {}
     for label in labels:
-        level, external = METHODS[label][1], METHODS[label][2].startswith("hf-")
+        drafter, level, spec = METHODS[label]
+        external = spec.startswith("hf-")
         if level is not None and (level, external) not in drafts:
             base, _, vocab = level.partition("-v")
             drafts[level, external] = (load_model(DEFAULT_DRAFT, base, "cpu") if external else
                                        load_draft(DEFAULT_DRAFT, base, "cpu", vocab=int(vocab) if vocab else None))
-    decoders = {}
-    for label in labels:
-        drafter, level, spec = METHODS[label]
-        draft = drafts.get((level, spec.startswith("hf-")))
-        if spec.startswith("hf-") or spec == "autoregressive":
+        draft = drafts.get((level, external))
+        if external or spec == "autoregressive":
             decoders[label] = Decoder(target, draft, "autoregressive", drafter="model" if draft else "auto")
         else:
             decoders[label] = Decoder(target, draft, spec, drafter=drafter, probe=True)
