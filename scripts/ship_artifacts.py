@@ -8,7 +8,8 @@ draft's ranking of tokens nearly intact), prompt lookup's acceptance model fitte
 lookup makes along the same traces, and the evaluation's calibrated cost model as a fallback
 (`speckv.load` measures this machine's instead: measure/probe.py).
 
-    .venv/bin/python scripts/ship_artifacts.py
+    .venv/bin/python scripts/ship_artifacts.py            # both kinds
+    .venv/bin/python scripts/ship_artifacts.py cost-aware # cost-aware only (no model loads)
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def main() -> None:
         trained = load_artifact(EVAL / "controllers" / f"cost-aware--{setup.slug()}.json", "cost-aware", cost_aware.FEATURES, setup)
         lookup = train_lookup_acceptance(load_traces(EVAL / "traces" / "train" / level))
         for draft_level in ("bf16", "nf4"):
-            params = {**trained.params, "lookup_weights": lookup}
+            params = {**trained.params, "lookup_weights": lookup, "lookup_features": cost_aware.LOOKUP_FEATURES}
             note = "draft acceptance from bf16-draft traces"
             if draft_level == "nf4":
                 cost = dict(params["cost"])
@@ -71,5 +72,8 @@ def ship_heterospec() -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     main()
-    ship_heterospec()
+    if sys.argv[1:] != ["cost-aware"]:
+        ship_heterospec()

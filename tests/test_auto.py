@@ -33,6 +33,20 @@ def test_auto_uses_the_shipped_artifact_for_the_builtin_pair(level, draft_level,
     assert auto.cost.verify == tuple(art.params["cost"]["verify"])  # no local costs yet: the shipped ones
 
 
+def test_lookup_weights_over_other_features_are_not_used(tmp_path):
+    """An artifact trained before lookup's features changed keeps its draft model, but its lookup
+    weights (fitted over other features) give way to the built-in ones, never misread."""
+    path = shipped_path("cost-aware", BUILTIN)
+    data = json.loads(path.read_text())
+    current = make_controller(f"cost-aware:{path}", BUILTIN)
+    assert current.lookup.weights == tuple(data["params"]["lookup_weights"])
+    data["params"]["lookup_weights"] = data["params"]["lookup_weights"][:6]
+    del data["params"]["lookup_features"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = make_controller(f"cost-aware:{tmp_path / 'old.json'}", BUILTIN)
+    assert old.lookup.weights == LookupAcceptance().weights and old.acceptance == current.acceptance
+
+
 def test_shipped_artifacts_are_refused_for_another_pair(tmp_path, monkeypatch):
     monkeypatch.setenv("SPECKV_HOME", str(tmp_path))
     other = replace(BUILTIN, draft="smollm2-135m-instruct")

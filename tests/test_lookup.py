@@ -28,6 +28,10 @@ def test_copies_after_the_first_occurrence_of_the_longest_ngram():
     assert second.top1 == 1.0 and second.entropy == pytest.approx(0.0)  # only the copied occurrence agrees
     draft = propose([1, 2, 3, 8, 2, 3, 9, 0, 1, 2, 3], 2)  # "1 2 3" beats the commoner "2 3"
     assert draft.tokens == [8, 2] and draft.signals[0].match_len == 3
+    # match_len says how far back the copy point agrees, past the n-gram found ("4 5 6 1 2 3": 6)
+    draft = propose([4, 5, 6, 1, 2, 3, 8, 0, 4, 5, 6, 1, 2, 3], 2)
+    assert draft.tokens == [8, 0] and {s.match_len for s in draft.signals} == {6}
+    assert propose([4, 5, 6, 1, 2, 3, 8, 0, 4, 5, 6, 1, 2, 3], 2, n_max=1).signals[0].match_len == 6
     assert propose([1, 2, 3, 4], 4).tokens == []  # nothing recurs: nothing proposed
     assert propose([7, 7], 3, n_max=3, n_min=2).tokens == []  # no 2-gram recurs
     assert propose([7, 7], 3).tokens == [7, 7, 7]  # a copy may run into what it just proposed

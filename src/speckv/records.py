@@ -13,7 +13,7 @@ class TokenSignals:
     entropy: float  # nats
     top1: float  # probability of the most likely token
     margin: float  # top-1 minus top-2 probability
-    match_len: int = 0  # prompt lookup: length of the matched n-gram (0: a model's proposal)
+    match_len: int = 0  # prompt lookup: tokens matched before the copy point (0: a model's proposal)
     topk_entropy: float = 0.0  # a model's: entropy (nats) of its top-10 probabilities renormalized (HeteroSpec)
 
 

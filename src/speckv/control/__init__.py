@@ -57,7 +57,10 @@ def cost_aware_from(art: Artifact, name: str = "cost-aware", cost: CostModel | N
     """A CostAware (or CostTree) from an artifact; `cost` (this machine's, when measured) replaces
     the one it was trained with."""
     p = art.params
-    lookup = LookupAcceptance(tuple(p["lookup_weights"])) if "lookup_weights" in p else LookupAcceptance()
+    # lookup's model as trained with it, if over this speckv's lookup features; else the built-in one
+    # (an artifact from before the features changed keeps its draft model and cost, not stale weights)
+    fits = "lookup_weights" in p and p.get("lookup_features") == cost_aware.LOOKUP_FEATURES
+    lookup = LookupAcceptance(tuple(p["lookup_weights"])) if fits else LookupAcceptance()
     return kind(AcceptanceModel(tuple(p["weights"]), p["prior"]), cost or CostModel.from_dict(p["cost"]),
                      p["max_gamma"], name=name, lookup=lookup)
 

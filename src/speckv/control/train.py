@@ -67,7 +67,8 @@ def train_cost_aware(traces: list[Trace], setup: Setup, cost: CostModel, max_gam
     model = LogisticRegression(max_iter=1000).fit(acceptance_features(pos), pos.match.to_numpy(int))
     weights = [float(model.intercept_[0]), *map(float, model.coef_[0])]
     params = {"weights": weights, "prior": float(pos.match.mean()), "max_gamma": max_gamma,
-              "cost": cost.to_dict(), "lookup_weights": train_lookup_acceptance(traces)}
+              "cost": cost.to_dict(), "lookup_weights": train_lookup_acceptance(traces),
+              "lookup_features": cost_aware.LOOKUP_FEATURES}
     return Artifact("cost-aware", setup, cost_aware.FEATURES, params, _trained_on(traces))
 
 
