@@ -31,3 +31,18 @@ def test_hf_settings_are_pinned():
 def test_hf_lookup_settings_are_pinned():
     assert hf_settings("hf-lookup") == {"prompt_lookup_num_tokens": 10, "max_matching_ngram_size": 2}
     assert hf_settings("hf-lookup:4")["prompt_lookup_num_tokens"] == 4
+
+
+def test_llama_server_peer_reports_its_own_decode_seconds(monkeypatch):
+    """A peer's decode time is llama-server's `predicted_ms` (after its prompt reading), its wall
+    time the whole round trip; without timings, decode falls back to the round trip."""
+    from speckv.bench import llama_server
+
+    peer = object.__new__(llama_server.PeerServer)
+    peer.base, peer.log = "http://127.0.0.1:1", "log"
+    monkeypatch.setattr(llama_server, "_post", lambda url, body: {"tokens": [5, 6], "timings": {"predicted_ms": 250.0}})
+    tokens, wall, decode = peer.complete([1, 2, 3], 2)
+    assert tokens == [5, 6] and decode == 0.25 and wall >= 0
+    monkeypatch.setattr(llama_server, "_post", lambda url, body: {"tokens": [5]})
+    tokens, wall, decode = peer.complete([1, 2, 3], 2)
+    assert decode == wall

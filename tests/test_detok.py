@@ -294,7 +294,7 @@ def events_for(ids: list[int], rng: random.Random, finished: str = "length") -> 
     out, i = [], 0
     while i < len(ids):
         k = rng.randint(1, 5)
-        out.append(types.SimpleNamespace(tokens=ids[i:i + k], record=None, prefill_ms=0.0,
+        out.append(types.SimpleNamespace(tokens=ids[i:i + k], record=None, prefill_ms=0.0, draft_prefill_ms=0.0,
                                          finished=finished if i + k >= len(ids) else None))
         i += k
     return out

@@ -9,6 +9,7 @@ from speckv.control import Controller, make_controller
 from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
+from speckv.records import Stats
 
 
 def run(engine, prompt, controller, max_new_tokens=40, stop_ids=frozenset(), config=SamplingConfig()):
@@ -127,6 +128,15 @@ def test_controller_spec_errors(spec, msg):
 def test_prefill_time_comes_with_the_first_event_only(tiny_pair):
     events = list(Engine(tiny_pair[0], ChainSource(tiny_pair[1])).run([1, 2, 3, 4, 5], make_controller("fixed:2"), SamplingConfig(), 10))
     assert events[0].prefill_ms > 0 and all(e.prefill_ms == 0 for e in events[1:])
+    # the draft's reading of the prompt is its own part of that (decode speed keeps it in)
+    assert 0 < events[0].draft_prefill_ms < events[0].prefill_ms and all(e.draft_prefill_ms == 0 for e in events[1:])
+    alone = list(Engine(tiny_pair[0]).run([1, 2, 3, 4, 5], make_controller("autoregressive"), SamplingConfig(), 10))
+    assert alone[0].prefill_ms > 0 and alone[0].draft_prefill_ms == 0
+
+
+def test_decode_seconds_leave_out_only_the_targets_prompt_reading():
+    stats = Stats.from_steps([], 10, wall_s=2.0, prefill_ms=800.0, draft_prefill_ms=300.0)
+    assert stats.decode_s == pytest.approx(1.5)  # 2.0 s - (800 - 300) ms
 
 
 class LateStarter(Controller):

@@ -64,6 +64,7 @@ class _Run:
     emitted: int = 0
     finish_reason: str = "length"
     prefill_ms: float = 0.0
+    draft_prefill_ms: float = 0.0
     detok: Detokenizer | None = None  # the text of token_ids, decoded a few tokens at a time
 
 
@@ -287,6 +288,7 @@ class Decoder:
         if event is None:
             return "", True
         run.prefill_ms += event.prefill_ms
+        run.draft_prefill_ms += event.draft_prefill_ms
         run.steps.append(event.record)
         run.token_ids += event.tokens
         if event.finished:
@@ -360,7 +362,7 @@ class Stream(Iterator[str]):
     def result(self) -> Result:
         run = self._run
         wall = self._wall if self._wall is not None else time.perf_counter() - (self._t0 or time.perf_counter())
-        stats = Stats.from_steps(run.steps, len(run.token_ids), wall, run.prefill_ms)
+        stats = Stats.from_steps(run.steps, len(run.token_ids), wall, run.prefill_ms, run.draft_prefill_ms)
         return Result(run.text, run.prompt_ids, run.token_ids, run.steps, stats, run.finish_reason)
 
 

@@ -49,9 +49,17 @@ class Stats:
     verify_ms: float
     control_ms: float
     overhead_frac: float  # share of wall time outside draft/target forwards and controller calls
+    draft_prefill_ms: float = 0.0  # the draft's share of prefill_ms
+
+    @property
+    def decode_s(self) -> float:
+        """Seconds after the target read the prompt: what "decode tokens/s" divides by (llama.cpp
+        reports its speed so). The draft's reading of the prompt stays in, charged to decoding."""
+        return self.wall_s - (self.prefill_ms - self.draft_prefill_ms) / 1000
 
     @classmethod
-    def from_steps(cls, steps: list[StepRecord], new_tokens: int, wall_s: float, prefill_ms: float) -> Stats:
+    def from_steps(cls, steps: list[StepRecord], new_tokens: int, wall_s: float, prefill_ms: float,
+                   draft_prefill_ms: float = 0.0) -> Stats:
         n = max(len(steps), 1)
         draft = sum(s.draft_ms for s in steps)
         verify = sum(s.verify_ms for s in steps)
@@ -69,6 +77,7 @@ class Stats:
             verify_ms=verify,
             control_ms=control,
             overhead_frac=max(0.0, 1 - busy_s / wall_s) if wall_s > 0 else 0.0,
+            draft_prefill_ms=draft_prefill_ms,
         )
 
     def to_dict(self) -> dict:

@@ -8,7 +8,8 @@ Invariants:
 - It gets the same prompt token ids as our methods (so the same chat template), greedy (top-1,
   temperature 0), no prompt cache, our thread count and our GGUF files at the loaded levels.
 - Its tokens/s is new tokens over the HTTP round trip of the request, prompt processing included,
-  as our wall time includes our prefill.
+  as our wall time includes our prefill; its decode seconds are llama-server's own `predicted_ms`
+  (after its prompt processing, HTTP excluded: its best figure).
 - The binary: $SPECKV_LLAMA_SERVER, else $SPECKV_HOME/llama.cpp/bin/llama-server (what
   scripts/build_llama_server.sh builds), else llama-server on PATH.
 """
@@ -86,8 +87,8 @@ class PeerServer:
             time.sleep(0.2)
         self.complete([1, 2, 3], 4)  # untimed: pages the weights in, as our first run's warm-up does
 
-    def complete(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
-        """(new token ids, seconds of the HTTP round trip)."""
+    def complete(self, ids: list[int], max_new_tokens: int) -> tuple[list[int], float, float]:
+        """(new token ids, seconds of the HTTP round trip, seconds it reports decoding)."""
         body = {"prompt": ids, "n_predict": max_new_tokens, "temperature": 0.0, "top_k": 1, "seed": 0,
                 "cache_prompt": False, "stream": False, "return_tokens": True}
         t0 = time.perf_counter()
@@ -95,7 +96,8 @@ class PeerServer:
             out = _post(self.base + "/completion", body)
         except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
             raise SpeckvError(f"llama-server request failed ({exc}); see {self.log}") from None
-        return list(out.get("tokens", [])), time.perf_counter() - t0
+        wall = time.perf_counter() - t0
+        return list(out.get("tokens", [])), wall, out.get("timings", {}).get("predicted_ms", wall * 1000) / 1000
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -115,7 +117,7 @@ class Peers:
         self.decoder = decoder
         self.servers: dict[str, PeerServer] = {}
 
-    def run(self, spec, ids: list[int], max_new_tokens: int) -> tuple[list[int], float]:
+    def run(self, spec, ids: list[int], max_new_tokens: int) -> tuple[list[int], float, float]:
         key = str(spec)
         if key not in self.servers:
             dec = self.decoder

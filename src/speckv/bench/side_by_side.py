@@ -36,6 +36,7 @@ class Row:
     overhead_frac: float | None  # wall time outside model forwards and controller calls (None for hf-assisted)
     token_ids: list[int]
     task: str = ""
+    decode_s: float | None = None  # seconds after the target read the prompt (None: not observable)
 
     @property
     def tokens_per_s(self) -> float:
@@ -85,14 +86,15 @@ def run_method(decoder: Decoder, method: str, prompt_id: str, ids: list[int], ma
     if spec.name.startswith("llamacpp-"):
         if peers is None:
             raise SpeckvError(f"{method} runs through run_side_by_side (it starts llama-server)")
-        tokens, wall = peers.run(spec, ids, max_new_tokens)
-        return Row(method, prompt_id, len(tokens), wall, None, None, tokens, task)
+        tokens, wall, decode = peers.run(spec, ids, max_new_tokens)
+        return Row(method, prompt_id, len(tokens), wall, None, None, tokens, task, decode)
     if spec.external:
         tokens, wall = _hf_generate(decoder, spec, ids, max_new_tokens)
         return Row(method, prompt_id, len(tokens), wall, None, None, tokens, task)
     result = decoder.generate(ids, controller=spec, max_new_tokens=max_new_tokens)
     s = result.stats
-    return Row(method, prompt_id, s.new_tokens, s.wall_s, s.mean_accepted, s.overhead_frac, result.token_ids, task)
+    return Row(method, prompt_id, s.new_tokens, s.wall_s, s.mean_accepted, s.overhead_frac, result.token_ids, task,
+               s.decode_s)
 
 
 def run_side_by_side(decoder: Decoder, methods: list[str], prompts: list[tuple[str, Prompt]], max_new_tokens: int,

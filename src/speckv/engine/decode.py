@@ -38,6 +38,7 @@ class StepEvent:
     record: StepRecord
     finished: str | None  # "eos", "length" or None
     prefill_ms: float = 0.0  # prompt processing before the first step (first event only)
+    draft_prefill_ms: float = 0.0  # the draft's share of prefill_ms (its reading of the prompt)
 
 
 class Engine:
@@ -121,6 +122,7 @@ class Engine:
         self.sync()
         prefill_ms = (time.perf_counter() - t0) * 1000
 
+        draft_prefill_ms = 0.0
         produced = 0
         step = 0
         while True:
@@ -134,7 +136,8 @@ class Engine:
                     t1 = time.perf_counter()  # one that starts with plain steps may never pay for it
                     drafter.prefill(ids)
                     self.sync()
-                    prefill_ms += (time.perf_counter() - t1) * 1000
+                    draft_prefill_ms = (time.perf_counter() - t1) * 1000
+                    prefill_ms += draft_prefill_ms
                 d = drafter.propose(ids, budget, controller, config, generator, stop_ids)
                 drafted, signals, draft_ms = d.tokens, d.signals, d.draft_ms
                 source = d.source if d.size else ""
@@ -175,7 +178,8 @@ class Engine:
                 accepted=accepted, emitted=len(new), signals=signals,
                 draft_ms=draft_ms, verify_ms=(t2 - t1) * 1000, control_ms=control_ms, drafter=source, tree_depth=depth,
             )
-            yield StepEvent(new, record, finished, prefill_ms if step == 0 else 0.0)
+            first = step == 0
+            yield StepEvent(new, record, finished, prefill_ms if first else 0.0, draft_prefill_ms if first else 0.0)
             if finished:
                 return
             step += 1
