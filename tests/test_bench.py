@@ -7,10 +7,10 @@ from speckv.bench.side_by_side import Row, hf_settings, summarize
 
 def test_summary_ratios_and_strict_json():
     rows = [
-        Row("autoregressive", "1", 100, 20.0, 0.0, 0.01, []),
-        Row("autoregressive", "2", 100, 30.0, 0.0, 0.01, []),
-        Row("fixed:4", "1", 100, 10.0, 3.0, 0.02, []),
-        Row("fixed:4", "2", 100, 15.0, 2.0, 0.02, []),
+        Row("autoregressive", "1", 100, 20.0, 0.0, 0.01, [], decode_s=15.0),
+        Row("autoregressive", "2", 100, 30.0, 0.0, 0.01, [], decode_s=25.0),
+        Row("fixed:4", "1", 100, 10.0, 3.0, 0.02, [], decode_s=5.0),
+        Row("fixed:4", "2", 100, 15.0, 2.0, 0.02, [], decode_s=None),
         Row("hf-assisted:4", "1", 100, 12.0, None, None, []),
         Row("hf-assisted:4", "2", 100, 13.0, None, None, []),
     ]
@@ -19,6 +19,8 @@ def test_summary_ratios_and_strict_json():
     assert out["fixed:4"]["tokens_per_s"] == 8.0 and out["fixed:4"]["speedup"] == 2.0
     assert out["fixed:4"]["mean_accepted"] == 2.5
     assert out["hf-assisted:4"]["mean_accepted"] is None
+    assert out["autoregressive"]["decode_tokens_per_s"] == 5.0  # 200 tokens / 40 s after the prompts were read
+    assert out["fixed:4"]["decode_tokens_per_s"] is None  # one prompt's decode time unknown: no figure, not a partial one
     json.dumps(list(out.values()), allow_nan=False)
 
 

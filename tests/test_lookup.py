@@ -151,6 +151,8 @@ def test_bench_runs_transformers_prompt_lookup_beside_ours(cli, tmp_path):
     assert "lookup:3:1" in out  # the table names the drafter
     saved = json.loads((tmp_path / "b.json").read_text())
     assert saved["config"]["drafter"] == "lookup:3:1" and saved["config"]["draft"] == "-"
+    decode = {row["method"]: row["decode_tokens_per_s"] for row in saved["summary"]}
+    assert decode["fixed:4"] > 0 and decode["hf-lookup"] is None  # transformers' generate hides its prompt reading
 
 
 @pytest.mark.parametrize("method,message", [("hf-lookup:0", "token count"), ("hf-lookup:x", "token count")])

@@ -353,14 +353,16 @@ def _print_bench(dec, rows, names, what: str) -> None:
     levels = f"target {dec.target.compression}, draft {dec.setup.draft_compression}"
     table = Table(title=f"{dec.target.name} <- {dec.setup.draft} (drafter {dec.drafter}), {levels}\n{what}, {dec.target.backend} threads {dec.target.runner.threads}",
                   caption=f"speedup and same (share of prompts with the same tokens): against {names[0]}; "
-                          "task columns: tokens/s; acc: draft tokens accepted per step",
+                          "task columns: tokens/s; decode: tokens/s after the target read the prompt; "
+                          "acc: draft tokens accepted per step",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("method", no_wrap=True)
-    for col in ("tok/s", "speedup", "acc", *(t[:5] for t in tasks), "same"):
+    for col in ("tok/s", "speedup", "decode", "acc", *(t[:5] for t in tasks), "same"):
         table.add_column(col, justify="right", no_wrap=True)
     for s in summary:
-        acc, same = s["mean_accepted"], s["same_output"]
-        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['speedup']:.2f}x", "-" if acc is None else f"{acc:.2f}",
+        acc, same, decode = s["mean_accepted"], s["same_output"], s["decode_tokens_per_s"]
+        table.add_row(s["method"], f"{s['tokens_per_s']:.2f}", f"{s['speedup']:.2f}x", "-" if decode is None else f"{decode:.2f}",
+                      "-" if acc is None else f"{acc:.2f}",
                       *(f"{tasks[t][s['method']]:.1f}" for t in tasks), "-" if same is None else f"{100 * same:.0f}%")
     Console().print(table)
 

@@ -138,8 +138,11 @@ def summarize(rows: list[Row], methods: list[str], baseline: str) -> list[dict]:
         mine = [r for r in rows if r.method == m and r.prompt_id in reference]
         acc = [r.mean_accepted for r in rows if r.method == m and r.mean_accepted is not None]
         overhead = [r.overhead_frac for r in rows if r.method == m and r.overhead_frac is not None]
+        decode = [r.decode_s for r in rows if r.method == m]
         out.append({
             "method": m, "tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 2),
+            # after the target read the prompt, as llama.cpp prints speed (None where a method hides it)
+            "decode_tokens_per_s": round(tokens / sum(decode), 2) if decode and None not in decode else None,
             "mean_accepted": round(sum(acc) / len(acc), 2) if acc else None,
             "speedup": round(tokens / wall / base_tps, 3),
             "overhead_frac": round(sum(overhead) / len(overhead), 4) if overhead else None,
