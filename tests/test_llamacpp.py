@@ -52,6 +52,26 @@ def test_sequences_roll_back_and_never_share_state(smol_runner):
     b.close(), c.close()
 
 
+def test_evict_shifts_the_kept_entries_down_by_what_it_dropped(smol_runner):
+    """The llama.cpp window's eviction: dropping the first 30 of 100 entries and shifting the rest
+    down to 0..69 keeps every distance a later token sees, so it computes what it would have with
+    the 30 dropped at their old positions (keys re-rotated in f32: close, not bitwise); without
+    the shift (drop only) positions would not line up with len()."""
+    L, vocab = smol_runner.lib, smol_runner.vocab
+    ids = [(17 * i) % 5000 + 100 for i in range(100)]
+    a, b = smol_runner.sequence(), smol_runner.sequence()
+    a.forward(ids, 1, vocab)
+    assert a.evict(0, 30) and len(a) == 70
+    assert not a.evict(60, 30) and len(a) == 70  # past the end: refused, nothing changed
+    shifted = a.forward([42, 43], 2, vocab)  # at positions 70, 71
+    b.forward(ids, 1, vocab)
+    L.llama_memory_seq_rm(L.llama_get_memory(b.ctx.ptr), 0, 0, 30)  # dropped, not shifted
+    unshifted = b.forward([42, 43], 2, vocab)  # at positions 100, 101
+    torch.testing.assert_close(shifted, unshifted, rtol=0, atol=2e-3)
+    assert torch.equal(shifted.argmax(-1), unshifted.argmax(-1))
+    a.close(), b.close()
+
+
 def test_batched_argmax_equals_one_token_argmax(smol_runner):
     """The precision the losslessness test below relies on."""
     vocab = smol_runner.vocab
@@ -87,8 +107,8 @@ def test_every_controller_and_drafter_is_llamacpps_own_greedy(smol_decoder, cont
 
 def test_a_window_reads_part_of_a_long_prompt_and_stays_llamacpps_own_greedy(smol_decoder):
     """The draft's window on llama.cpp (auto's tier below retrieval, or asked for): the draft reads
-    the sinks and the most recent tokens of a long prompt once and keeps what follows (no eviction
-    there), and output stays the target's."""
+    the sinks and the most recent tokens of a long prompt once, then evicts the oldest tail entries
+    in place as the output grows (llama.cpp's context shift), and output stays the target's."""
     auto = speckv.Decoder(smol_decoder.target, smol_decoder.draft, "auto", "hybrid", long_context="auto:window=64")
     assert auto.engine.draft.model.context.at(577).mode == "window"  # never retrieval here
     dec = speckv.Decoder(smol_decoder.target, smol_decoder.draft, "fixed:4", "model", long_context="window:budget=64,chunk=16")
@@ -102,7 +122,9 @@ def test_a_window_reads_part_of_a_long_prompt_and_stays_llamacpps_own_greedy(smo
     got = dec.generate(ids, max_new_tokens=40)
     assert [t for t in got.token_ids if t not in dec.stop_ids] == want
     cache = made[0].cache
-    assert cache.mode == "window" and cache.offset == len(ids) - 1 - 64  # the draft read 64 of ids[:-1], then kept all
+    assert cache.mode == "window" and cache.offset > len(ids) - 1 - 64  # read 64 of ids[:-1], later evicted some
+    assert len(cache.work) <= 64 + 16 + 4 + 1  # bounded: the window, one chunk of slack, one step's drafts
+    assert len(cache) <= len(ids) + 40  # and it still stands for the accepted ids (true indices)
     assert got.stats.mean_accepted > 0
 
 

@@ -196,6 +196,19 @@ class LlamaSequence:
             L.llama_memory_seq_rm(L.llama_get_memory(self.ctx.ptr), 0, length, -1)
             self.length = length
 
+    def evict(self, start: int, count: int) -> bool:
+        """Drop `count` entries from `start` and move the later ones down by `count` (llama.cpp's
+        own context shift: the keys are re-rotated in place). False, and nothing changed, where
+        the model's cache cannot shift."""
+        L = self.runner.lib
+        mem = L.llama_get_memory(self.ctx.ptr)
+        if count <= 0 or start + count > self.length or not L.llama_memory_can_shift(mem):
+            return False
+        L.llama_memory_seq_rm(mem, 0, start, start + count)
+        L.llama_memory_seq_add(mem, 0, start + count, -1, -count)
+        self.length -= count
+        return True
+
     def close(self) -> None:
         if self.ctx is not None:
             self.runner._release(self.ctx)

@@ -27,8 +27,10 @@ Invariants:
   *tail*: every id since the selection's last entry, in order (true index = working index + offset).
 - Selections change only between steps, at commit(), when the cache holds exactly the accepted ids.
 - A backend whose sequences cannot `gather` (llama.cpp: one context per sequence) runs `window`
-  without eviction: the draft reads the sinks and recent tokens once, then keeps every id after
-  them (the window grows with the output); retrieval needs gather and is refused there (api.py).
+  by reading the sinks and recent tokens once and then evicting in place (`evict`: llama.cpp's own
+  context shift drops the oldest tail entries and re-rotates the rest), so the window stays
+  bounded however long the output; a model whose cache cannot shift keeps every id instead.
+  Retrieval needs gather and is refused there (api.py).
 - The full cache (retrieval) holds every accepted id it has read (`where`: true index -> entry):
   the prompt as read, later ids as computed in the working cache (SpecExtend does the same),
   synced before each re-selection. With read=full it holds every id in order.
@@ -255,10 +257,13 @@ class WorkingCache:
         """A verification step is over and the cache holds exactly the accepted ids (minus the
         last): evict (window) or re-choose chunks (retrieval) when it is time."""
         self.steps += 1
-        if self.mode == "window" and hasattr(self.work, "gather"):
-            if len(self.work) - self.tail > self.spec.budget - self.spec.sinks + self.spec.chunk:
+        excess = len(self.work) - self.tail - (self.spec.budget - self.spec.sinks)
+        if self.mode == "window" and excess > self.spec.chunk:
+            if hasattr(self.work, "gather"):
                 n = len(self)
                 self._select(list(range(self.spec.sinks)) + list(range(n - self.spec.budget + self.spec.sinks, n)), n)
+            elif self.work.evict(self.tail, excess):  # llama.cpp: drop the oldest tail entries in place
+                self.offset += excess
         elif self.mode == "retrieval" and self.steps >= self.spec.refresh and self.target is not None:
             scores = self.target.last_attention()
             if scores is not None:
