@@ -12,6 +12,10 @@ Invariants:
   allowed only before any tree entry). An entry attends to its ancestors and the committed prefix
   and sits at its parent's position + 1. `compact(length, path)` keeps the first `length` entries
   and one path of tree entries, which become committed; `truncate` below the tree drops it.
+- Long-context drafts (drafting/context.py) use one of two optional calls to move entries:
+  `gather(source, indices)` (torch: appends another sequence's entries, keys re-rotated) or
+  `evict(start, count)` (llama.cpp: drops entries in place and shifts the later ones down; False
+  where the cache cannot shift). A sequence with neither keeps a long-context window unevicted.
 - Above this line nothing knows which library runs the model: drafters, controllers, replay,
   probes and traces all go through these calls (backends/hf.py: transformers; backends/llamacpp.py:
   llama.cpp through llama-cpp-python).

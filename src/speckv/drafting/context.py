@@ -262,7 +262,7 @@ class WorkingCache:
             if hasattr(self.work, "gather"):
                 n = len(self)
                 self._select(list(range(self.spec.sinks)) + list(range(n - self.spec.budget + self.spec.sinks, n)), n)
-            elif self.work.evict(self.tail, excess):  # llama.cpp: drop the oldest tail entries in place
+            elif hasattr(self.work, "evict") and self.work.evict(self.tail, excess):  # llama.cpp: in place
                 self.offset += excess
         elif self.mode == "retrieval" and self.steps >= self.spec.refresh and self.target is not None:
             scores = self.target.last_attention()
