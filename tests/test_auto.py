@@ -45,6 +45,8 @@ def test_lookup_weights_over_other_features_are_not_used(tmp_path):
     (tmp_path / "old.json").write_text(json.dumps(data))
     old = make_controller(f"cost-aware:{tmp_path / 'old.json'}", BUILTIN)
     assert old.lookup.weights == LookupAcceptance().weights and old.acceptance == current.acceptance
+    with pytest.raises(SpeckvError, match="lookup acceptance needs 8 weights"):
+        LookupAcceptance(tuple(data["params"]["lookup_weights"]))  # never zipped short
 
 
 def test_shipped_artifacts_are_refused_for_another_pair(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.cost import CostModel
+from speckv.errors import SpeckvError
 from speckv.records import TokenSignals
 
 FEATURES = ["entropy", "top1", "margin", "log1m_top1"]
@@ -55,6 +56,11 @@ class LookupAcceptance:
     matches and late positions in a span that has held so far are accepted most."""
 
     weights: tuple[float, ...] = (-1.307, 1.143, -0.069, -0.153, 1.381, -0.715, 0.048, 0.441)
+
+    def __post_init__(self) -> None:  # zip() in logit() would silently drop a feature or a weight
+        if len(self.weights) != len(LOOKUP_FEATURES) + 1:
+            raise SpeckvError(f"lookup acceptance needs {len(LOOKUP_FEATURES) + 1} weights (intercept, "
+                              f"{', '.join(LOOKUP_FEATURES)}); got {len(self.weights)}")
 
     def logit(self, s: TokenSignals, index: int) -> float:
         w = self.weights
