@@ -1,6 +1,7 @@
 """The transformers backend: a torch nn.Module (CPU, CUDA; bf16/fp16/fp32, bitsandbytes int8/NF4)
-behind backends.base's Runner. The cache is transformers' DynamicCache; rollback crops it
-(transformers 5 crops by a negative count).
+behind backends.base's Runner. The cache is transformers' DynamicCache whose layers append in
+place (growing_cache.py); rollback crops it (transformers 5 crops by a negative count). One-token
+queries skip torch's CPU attention kernel (attention.py).
 
 Trees: `forward(..., parents=...)` appends token-tree nodes with a 4D additive attention mask
 (each node sees the committed prefix and its own ancestors) and position ids by depth, so keys are
@@ -26,10 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 from transformers.models.qwen2.modeling_qwen2 import rotate_half
 
+from speckv.backends import attention
 from speckv.backends.base import check_parents
+from speckv.backends.growing_cache import growing_cache
 
 #: tokens per forward when a sequence reads a long prompt: peak activation memory is bounded by this
 PREFILL_CHUNK = 1024
@@ -49,7 +51,7 @@ class TorchSequence:
     def __init__(self, module: torch.nn.Module, runner: TorchRunner | None = None):
         self.module = module
         self.runner = runner  # where a remembered prompt lives (keep_prompts)
-        self.cache = DynamicCache(config=module.config)
+        self.cache = growing_cache(module.config)  # transformers' DynamicCache, appending in place
         #: tree entries past the committed prefix: cache index -> (parent cache index, position)
         self.branch: dict[int, tuple[int, int]] = {}
         #: keep the last layer's queries of each forward (for last_attention); off: no hook runs
@@ -230,6 +232,10 @@ class TorchRunner:
     def __init__(self, module: torch.nn.Module):
         self.module = module
         self.device = module.device
+        # sdpa, except one-token queries skip torch's CPU kernel (backends/attention.py)
+        base = getattr(module, "base", module)  # a ReducedHead wraps its model
+        if getattr(module.config, "_attn_implementation", None) == "sdpa" and hasattr(base, "set_attn_implementation"):
+            base.set_attn_implementation(attention.register())
         #: remember the last long prompt's cache for sequences that start with it (see above)
         self.keep_prompts = False
         self.prompt: PromptCache | None = None
@@ -248,8 +254,8 @@ class TorchRunner:
 
     @property
     def trees(self) -> bool:
-        """Whether this model's attention takes a custom 4D mask (sdpa and eager do)."""
-        return getattr(self.module.config, "_attn_implementation", "sdpa") in ("sdpa", "eager")
+        """Whether this model's attention takes a custom 4D mask (sdpa, ours and eager do)."""
+        return getattr(self.module.config, "_attn_implementation", "sdpa") in ("sdpa", attention.NAME, "eager")
 
     def sequence(self) -> TorchSequence:
         return TorchSequence(self.module, self)

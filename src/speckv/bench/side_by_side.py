@@ -11,16 +11,20 @@ transformers reads its assisted-generation settings from the *draft's* generatio
 set them there: `hf-assisted` = its defaults (20 tokens, constant
 schedule, confidence threshold 0.4, fixed unless scikit-learn is installed), `hf-assisted:N` =
 N tokens, constant schedule, confidence stopping off (the same gamma as our fixed:N).
+transformers' methods run with transformers' own sdpa attention (our runner's short-query path,
+backends/attention.py, is switched off for them): they are timed as their library ships them.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from speckv.api import Decoder
+from speckv.backends.attention import stock
 from speckv.control.spec import ControllerSpec
 from speckv.data.prompts import Prompt
 from speckv.errors import SpeckvError
@@ -72,7 +76,8 @@ def _hf_generate(decoder: Decoder, method: ControllerSpec, ids: list[int], max_n
         extra = {"assistant_model": draft}
     input_ids = torch.tensor([ids], device=target.device)
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    # transformers' methods run as transformers ships them: with its own sdpa, not our short-query path
+    with torch.inference_mode(), stock(target), stock(extra["assistant_model"]) if "assistant_model" in extra else nullcontext():
         out = target.generate(
             input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=max_new_tokens,
             pad_token_id=decoder.tokenizer.pad_token_id, **extra,
