@@ -4,20 +4,22 @@ Lossless (greedy in float32, speculative sampling in distribution, each with a v
 fail), replayed step for step, and priced: a cost-aware controller's choice follows the costs.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from speckv.control import make_controller
-from speckv.control.base import Controller, RequestInfo
+from speckv.control.base import Controller, RequestInfo, StepOutcome
 from speckv.control.cost_aware import CostAware
 from speckv.drafting import parse_drafter
 from speckv.drafting.chain import ChainSource
 from speckv.engine import Engine, SamplingConfig
 from speckv.errors import SpeckvError
-from speckv.cost import CostModel
+from speckv.cost import CalibrationRun, CostModel
 from speckv.measure.replay import oracle, replay
 from speckv.measure.trace import collect_trace
-from speckv.records import TokenSignals
+from speckv.records import StepRecord, TokenSignals
 
 from conftest import tiny_model
 from test_sampling import check_sampler
@@ -126,6 +128,52 @@ def test_a_jagged_verification_cost_sets_the_copied_span():
             drafted += 1
         assert drafted + 1 == c.lookup_span  # keep_drafting stops exactly at the chosen span
     assert spans["jagged"] == 15 and spans["line"] < 8
+
+
+def test_a_catch_up_is_priced():
+    """After a lookup step got 15 tokens accepted the model must read them before drafting: where
+    reading costs 50 ms a token that is not worth a chain (a plain step is), where it costs nothing
+    the chain is; a read prompt amortizes over the answer (the first chain still pays)."""
+    picks = {}
+    for per_token in (0.0, 50.0):
+        cost = replace(COST, read=(per_token,))
+        c = CostAware(cost=cost)
+        c.start(RequestInfo(10, 100, ("model", "lookup")))
+        c.budget()
+        assert c.choose(()) == "model"  # the prompt's 10 tokens: 500 ms, a share of it charged
+        c.observe(StepOutcome(16, 4, 3, (TokenSignals(0.1, 0.95, 0.9),) * 4, "model"))
+        c.observe(StepOutcome(16, 15, 15, (TokenSignals(0.0, 1.0, 1.0, 3),) * 15, "lookup"))
+        c.budget()
+        picks[per_token] = c.choose(())
+    assert picks == {0.0: "model", 50.0: "none"}
+
+
+def test_the_draft_reports_what_it_read(tiny_pair):
+    """A chain's Draft.read: the whole prompt the first time, then what was accepted meanwhile."""
+    source = ChainSource(tiny_pair[1])
+    drafter = source.new(source.vocab, lambda: None)
+    ids = list(range(1, 21))
+    first = drafter.propose(ids, 4, make_controller("fixed:4"), SamplingConfig(), None, frozenset())
+    assert first.read == 19  # (the last id is the first draft forward's own input)
+    drafter.rollback(len(ids) - 1)
+    ids += [5, 6, 7, 8, 9, 10]
+    again = drafter.propose(ids, 4, make_controller("fixed:4"), SamplingConfig(), None, frozenset())
+    assert again.read == 6
+    drafter.close()
+
+
+def test_the_cost_fit_separates_reading_from_drafting():
+    def step(k, read, ctx=100):
+        return StepRecord(0, ctx, k, k, 0, 1, draft_ms=(5 + 20 * k + 1.5 * read) * (k > 0), verify_ms=100 + 3 * k,
+                          drafter="model" if k else "", draft_read=read)
+    steps = [step(k, r) for k, r in [(1, 0), (2, 0), (4, 0), (3, 40), (2, 120), (5, 0), (1, 300), (0, 0), (6, 8)]]
+    runs = [CalibrationRun(100, steps, 10.0, 50.0), CalibrationRun(100, steps, 10.0, 50.0)]
+    cost = CostModel.fit(runs)
+    assert cost.read[0] == pytest.approx(1.5, abs=1e-6)
+    assert cost.draft_ms(3, 100) == pytest.approx(65, abs=1e-6)
+    assert cost.drafter_ms("model", 2, 100, read=100) == pytest.approx(195, abs=1e-6)
+    assert CostModel.from_dict(cost.to_dict()).read == cost.read
+    assert CostModel.from_dict({k: v for k, v in cost.to_dict().items() if k != "read"}).read == (0.0,)  # older files
 
 
 def test_chain_only_cost_aware_still_drafts_nothing_when_the_chain_does_not_pay():

@@ -67,17 +67,23 @@ class CostModel:
     meta: dict = field(default_factory=dict)  # models, compression, device, threads
     lookup: tuple[float, ...] = (0.0, 0.0)  # ms per prompt-lookup step: l0 [k>0] + l1 k
     verify_shape: tuple[float, ...] = ()  # ms added to the verify line at n = 1, 2, ... (measured residuals)
+    read: tuple[float, ...] = (0.0,)  # ms per token the draft model reads before drafting (prompt, catch-up)
 
     def draft_ms(self, drafted: int, ctx: int) -> float:
         """The draft model's chain of `drafted` tokens."""
         return _dot(_draft_x(drafted, ctx), self.draft)
 
+    def read_ms(self, tokens: int) -> float:
+        """The draft model reading `tokens` it has not seen, in the forward of its first draft: the
+        prompt the first time it drafts, then whatever other proposers got accepted meanwhile."""
+        return self.read[0] * tokens
+
     def lookup_ms(self, drafted: int) -> float:
         return self.lookup[0] * (drafted > 0) + self.lookup[1] * drafted
 
-    def drafter_ms(self, drafter: str, drafted: int, ctx: int) -> float:
+    def drafter_ms(self, drafter: str, drafted: int, ctx: int, read: int = 0) -> float:
         """A step's drafting time by the proposer that drafted it (one cost line per proposer)."""
-        return self.lookup_ms(drafted) if drafter == "lookup" else self.draft_ms(drafted, ctx)
+        return self.lookup_ms(drafted) if drafter == "lookup" else self.draft_ms(drafted, ctx) + self.read_ms(read)
 
     def verify_ms(self, n: int, ctx: int) -> float:
         shape = self.verify_shape[n - 1] if 0 < n <= len(self.verify_shape) else 0.0
@@ -101,7 +107,7 @@ class CostModel:
         ms = self.prefill_ms(prompt_len)
         produced = 0
         for s in steps:
-            ms += self.drafter_ms(s.drafter, s.drafted, s.context_len) + self.verify_ms(s.drafted + 1, s.context_len)
+            ms += self.drafter_ms(s.drafter, s.drafted, s.context_len, s.draft_read) + self.verify_ms(s.drafted + 1, s.context_len)
             ms += s.control_ms + self.overhead_ms(produced)
             produced += s.emitted
         return ms / 1000
@@ -112,8 +118,8 @@ class CostModel:
         if len(runs) < 2 or not any(s.drafted for s in steps):
             raise SpeckvError("calibration needs at least two runs with drafted tokens")
         chain = [s for s in steps if s.drafter != "lookup"]  # the model's steps (and plain ones)
-        draft = _nonneg_fit(np.array([_draft_x(s.drafted, s.context_len) for s in chain]),
-                            np.array([s.draft_ms for s in chain]))
+        *draft, read = _nonneg_fit(np.array([(*_draft_x(s.drafted, s.context_len), s.draft_read) for s in chain]),
+                                   np.array([s.draft_ms for s in chain]))
         looked = [s for s in steps if s.drafter == "lookup"]
         lookup = (0.0, 0.0)
         if len(looked) >= 2:
@@ -134,7 +140,7 @@ class CostModel:
         overhead = _nonneg_fit(np.array(x), np.array(y))
         lens = np.array([r.prompt_len for r in runs], float) / 1000
         prefill = _nonneg_fit(np.stack([np.ones_like(lens), lens], -1), np.array([r.prefill_ms for r in runs]))
-        return cls(tuple(draft), tuple(verify), tuple(overhead), tuple(prefill), dict(meta or {}), lookup, shape)
+        return cls(tuple(draft), tuple(verify), tuple(overhead), tuple(prefill), dict(meta or {}), lookup, shape, (read,))
 
     def to_dict(self) -> dict:
         return {"version": COST_VERSION, **asdict(self)}
@@ -148,7 +154,8 @@ class CostModel:
             raise SpeckvError(f"{source}: cost model version {data.get('version')} (this speckv reads {COST_VERSION})")
         try:
             return cls(*(tuple(data[k]) for k in ("draft", "verify", "overhead", "prefill")), data.get("meta", {}),
-                       tuple(data.get("lookup", (0.0, 0.0))), tuple(data.get("verify_shape", ())))
+                       tuple(data.get("lookup", (0.0, 0.0))), tuple(data.get("verify_shape", ())),
+                       tuple(data.get("read", (0.0,))))
         except (KeyError, TypeError):
             raise SpeckvError(f"{source}: malformed cost model") from None
 

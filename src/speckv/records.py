@@ -31,6 +31,7 @@ class StepRecord:
     control_ms: float = 0.0  # time spent inside controller calls
     drafter: str = ""  # which proposer drafted this step: "model", "lookup" ("": none)
     tree_depth: int = 0  # tree steps: levels of the draft tree (`drafted` counts its nodes); 0: a chain
+    draft_read: int = 0  # tokens the draft model read before drafting (the prompt, then what lookup got accepted)
 
     def to_dict(self) -> dict:
         return asdict(self)

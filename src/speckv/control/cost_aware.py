@@ -16,7 +16,9 @@ With more than one proposer (hybrid drafting) the same prices choose between the
 lookup's offer is free to inspect, its tokens cost one verified row each plus the cost model's
 lookup line, and its acceptance has its own logistic model over lookup's signals (match length,
 share of agreeing occurrences, position in the copied span); the step drafts from whichever of
-lookup, the model's chain or nothing gives the most tokens per ms.
+lookup, the model's chain or nothing gives the most tokens per ms. A model chain also pays to read
+what the draft has not seen (the cost model's read line): the tokens lookup got accepted since the
+model's last chain in full, the prompt in shares (it serves every later chain).
 """
 
 from __future__ import annotations
@@ -106,8 +108,9 @@ class CostAware(Controller):
         self.lookup_lr = lookup_rate(self.cost) if lookup_lr is None else lookup_lr
 
     def start(self, request: RequestInfo) -> None:
-        self.prompt_len, self.produced = request.prompt_len, 0
+        self.prompt_len, self.produced, self.limit = request.prompt_len, 0, request.max_new_tokens
         self.draft_prompt = request.draft_context  # the draft may attend to less (a long-context working cache)
+        self.model_at = None  # the context the draft model has read up to (None: not even the prompt yet)
         self.drafters = request.drafters
         self.bias, self.alpha = 0.0, self.acceptance.prior
         self.lookup_bias = 0.0
@@ -121,9 +124,23 @@ class CostAware(Controller):
         c, ctx, draft_ctx = self.cost, self.prompt_len + self.produced, self.draft_prompt + self.produced
         base = c.overhead_ms(self.produced)
         ks = range(self.max_gamma + 1)
-        self.chain_ms = [base + c.verify_ms(k + 1, ctx) + c.draft_ms(k, draft_ctx) for k in ks]
+        read = self._read_ms(ctx)
+        self.chain_ms = [base + c.verify_ms(k + 1, ctx) + c.draft_ms(k, draft_ctx) + read * (k > 0) for k in ks]
         self.lookup_ms = [base + c.verify_ms(k + 1, ctx) + c.lookup_ms(k) for k in ks]
         self.plain = self.chain_ms[0]
+
+    def _read_ms(self, ctx: int) -> float:
+        """What the model's next chain pays first to read what it has not seen. A catch-up (the
+        tokens lookup or plain steps added since its last chain) is this step's cost. The prompt,
+        read once, serves every later chain: the step is charged its share, the tokens a step
+        yields over the tokens still to come (the first chain of a short answer pays most of it)."""
+        if "model" not in self.drafters:
+            return 0.0
+        if self.model_at is not None:
+            return self.cost.read_ms(ctx - self.model_at)
+        per_step = self.avg_tokens if self.avg_tokens is not None else 1 / (1 - min(self.acceptance.prior, 0.9))
+        share = min(1.0, per_step / max(1, self.limit - self.produced))
+        return self.cost.read_ms(self.draft_prompt) * share + self.cost.read_ms(self.produced)
 
     def _best_chain_rate(self) -> tuple[float, float]:
         """(best chain tokens/ms at the running acceptance rate, plain target step tokens/ms)."""
@@ -192,6 +209,8 @@ class CostAware(Controller):
         self.avg_tokens = 0.8 * self.avg_tokens + 0.2 * emitted
         self.avg_ms = 0.8 * self.avg_ms + 0.2 * step_ms
         self.produced += emitted
+        if outcome.drafter == "model":
+            self.model_at = self.prompt_len + self.produced
         seen = outcome.signals[: outcome.accepted + 1]  # accepted drafts, then the first rejected one
         for i, s in enumerate(seen):
             y = 1.0 if i < outcome.accepted else 0.0

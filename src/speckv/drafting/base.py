@@ -40,6 +40,7 @@ class Draft:
     control_ms: float = 0.0  # inside controller.keep_drafting (and choose)
     source: str = ""  # the proposer that drafted: "model", "lookup" ("": none)
     tree: Tree | None = None  # a tree step's nodes (then `proposals` is empty); None: a chain
+    read: int = 0  # tokens the draft model read first: the prompt, or what it had not seen (its part of draft_ms)
 
     @property
     def size(self) -> int:

@@ -106,6 +106,8 @@ class ChainDrafter:
         feed = ids[len(self.cache):]  # catch up on tokens the draft has not seen
         if controller.trees and self.trees:
             return self._tree(feed, budget, controller, stop_ids)
+        work = getattr(self.cache, "work", self.cache)  # what is forwarded (a window reads part of a prompt)
+        before = len(work)
 
         def next_proposal() -> Proposal:
             nonlocal feed
@@ -119,7 +121,10 @@ class ChainDrafter:
             feed = [token]
             return Proposal(token, token_signals(logits), q)
 
-        return base.draft_loop(next_proposal, budget, controller, stop_ids, self.sync)
+        draft = base.draft_loop(next_proposal, budget, controller, stop_ids, self.sync)
+        # forwarded: what it read, then every proposal but the last (never forwarded)
+        draft.read = max(0, len(work) - before - len(draft.proposals))
+        return draft
 
     def _tree(self, feed: list[int], budget: int, controller: Controller, stop_ids: frozenset[int]) -> Draft:
         """One tree step: catch up and read the root's row, then one forward per level over the
@@ -141,7 +146,7 @@ class ChainDrafter:
         grown, renumber = tree.grow(expand, controller, budget, stop_ids)
         self.sync()
         self._grown = (base, {renumber[n]: c for n, c in index.items() if n in renumber})
-        draft = Draft(source="model", tree=grown)
+        draft = Draft(source="model", tree=grown, read=len(feed) - 1)
         draft.draft_ms = (time.perf_counter() - t0) * 1000
         return draft
 

@@ -177,6 +177,7 @@ class Engine:
                 step=step, context_len=len(ids) - len(new), budget=budget, drafted=size,
                 accepted=accepted, emitted=len(new), signals=signals,
                 draft_ms=draft_ms, verify_ms=(t2 - t1) * 1000, control_ms=control_ms, drafter=source, tree_depth=depth,
+                draft_read=d.read if d is not None else 0,
             )
             first = step == 0
             yield StepEvent(new, record, finished, prefill_ms if first else 0.0, draft_prefill_ms if first else 0.0)

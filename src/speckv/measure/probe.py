@@ -3,7 +3,8 @@
 `auto` prices every draft against a target forward, and those prices differ by machine (up to 2x
 here between runs of one model) and by compression (an NF4 target costs about what its draft does
 on CPU). With no `speckv calibrate` for the setup, `speckv.load` times a few forwards once -- the
-target at 1 and 9 new tokens after a short and a long context, the draft model at one token, prompt
+target at 1 and 9 new tokens after a short and a long context, the draft model at one token and over 65 (what
+it pays per token it reads before drafting: a prompt, a catch-up after lookup steps), prompt
 lookup on a long text -- fits the same cost lines the full calibration fits, and caches them for
 the setup. Loop overhead is not probed (it needs whole runs); the probe uses a small constant.
 
@@ -29,7 +30,10 @@ from speckv.measure.latency import forward_ms
 
 CONTEXTS = (64, 512)
 SHAPE_CONTEXT, SHAPE_TOKENS = 300, tuple(range(1, 18))  # every verification a draft of up to 16 tokens asks for
-PROBE_VERSION = 3  # 2: per-n verification shape (SHAPE_TOKENS); 3: drafts with an int8 head on CPU (models/draft.py)
+PROBE_VERSION = 4  # 2: per-n verification shape (SHAPE_TOKENS); 3: drafts with an int8 head on CPU (models/draft.py);
+#                   4: what the draft pays per token it reads before drafting (CostModel.read)
+#: the draft's read is timed over this many tokens (NF4 draft here: 1.6-2.3 ms per token from 17 to 257)
+READ_TOKENS = 65
 OVERHEAD_MS = (1.0, 0.0)  # per step outside forwards: what full calibrations here measured (0.6-1.4 ms)
 
 
@@ -70,13 +74,16 @@ def probe(target: Runner, draft: Runner | None, meta: dict | None = None) -> Cos
             x.append((1.0, n, ctx / 1000, n * ctx / 1000))
             y.append(ms)
     verify = _line(np.array(x), np.array(y))
-    draft_line = (0.0, 0.0, 0.0)
+    draft_line, read = (0.0, 0.0, 0.0), 0.0
     if draft is not None:
         per_token = {ctx: forward_ms(draft, context=ctx, new_tokens=(1,), repeats=4)[1] for ctx in CONTEXTS}
         slope = max(0.0, (per_token[CONTEXTS[1]] - per_token[CONTEXTS[0]]) / (CONTEXTS[1] - CONTEXTS[0]) * 1000)
         draft_line = (0.0, max(0.0, per_token[CONTEXTS[0]] - slope * CONTEXTS[0] / 1000), slope)
+        wide = forward_ms(draft, context=CONTEXTS[0], new_tokens=(1, READ_TOKENS), repeats=2)
+        read = max(0.0, (wide[READ_TOKENS] - wide[1]) / (READ_TOKENS - 1))
     prefill = (verify[0], verify[1] * 1000)  # the line at n = prompt length: pessimistic (prefill batches better)
     cost = CostModel(draft_line, tuple(verify), OVERHEAD_MS, prefill,
-                     {"calibrated": "probe", "probe_version": PROBE_VERSION, "threads": target.threads, **(meta or {})}, lookup_ms())
+                     {"calibrated": "probe", "probe_version": PROBE_VERSION, "threads": target.threads, **(meta or {})}, lookup_ms(),
+                     read=(read,))
     # Kernels chosen by batch size make the cost of n tokens jagged: measure every n a draft can ask for.
     return cost.with_shape(forward_ms(target, context=SHAPE_CONTEXT, new_tokens=SHAPE_TOKENS, repeats=2), SHAPE_CONTEXT)
