@@ -219,8 +219,8 @@ def test_auto_threshold_follows_the_cost_model():
     assert LongContext.parse("auto:window=0").with_threshold(steep).active(5000) == "full"
     # below the threshold, a prompt longer than the window gets a window of that many tokens
     mid = LongContext.parse("auto").with_threshold(steep)
-    assert (mid.active(5000), mid.attended(5000), mid.at(5000).budget) == ("window", 256, 256)
-    assert (mid.active(256), mid.attended(256)) == ("full", 256)
+    assert (mid.active(5000), mid.attended(5000), mid.at(5000).budget) == ("window", 128, 128)
+    assert (mid.active(128), mid.attended(128)) == ("full", 128)
     assert mid.at(9000).reads == "lazy" and mid.attended(9000) == 1024
     # auto reads lazily unless told; retrieval is SpecExtend's full read unless told
     assert (LongContext.parse("auto").reads, LongContext.parse("retrieval").reads) == ("lazy", "full")
@@ -390,6 +390,6 @@ def test_auto_windows_only_a_hybrid_draft(tiny_pair):
 
     hybrid = tiny_decoder(tiny_pair)
     model_only = Decoder(hybrid.target, hybrid.draft, None, drafter="model")
-    assert hybrid.drafter.kind == "hybrid" and hybrid.long_context.window == 256
+    assert hybrid.drafter.kind == "hybrid" and hybrid.long_context.window == 128
     assert model_only.long_context.window == 0
     assert model_only.long_context.active(1000) == "full" and hybrid.long_context.active(1000) == "window"

@@ -13,7 +13,7 @@ drafted token. `--long-context` picks what the draft keeps:
   target's): the draft reads the window first and each chunk when it is first chosen, after the
   sinks alone (its deeper layers then lack the rest of the prompt: cheaper, less informed);
 - `auto`: retrieval (read lazily unless `read=full`) from a prompt length the cost model chooses
-  (`threshold`); below it, a prompt longer than `window` (256) gets a window of that many tokens
+  (`threshold`); below it, a prompt longer than `window` (128) gets a window of that many tokens
   (the draft's read of a 1.5K-token prompt costs it 2 s that a hybrid run, which copies from the
   whole prompt by lookup anyway, rarely earns back: docs/drafters.md; a Decoder drafting with the
   model alone sets window=0, since there the draft needs the prompt itself); full for the rest.
@@ -63,7 +63,7 @@ class LongContext:
     sinks: int = 4  # window: the first tokens always kept (attention sinks)
     threshold: int | None = None  # auto: retrieval from this prompt length (None: not chosen yet)
     read: str | None = None  # retrieval: the whole prompt first (full) or chunks when chosen (lazy); None: `reads`
-    window: int = 256  # auto, below the threshold: a window of this many tokens for longer prompts (0: none)
+    window: int = 128  # auto, below the threshold: a window of this many tokens for longer prompts (0: none)
 
     @classmethod
     def parse(cls, spec: str | LongContext | None) -> LongContext:
