@@ -2,11 +2,13 @@
 
 import pytest
 import torch
-from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+from transformers import DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from speckv.backends import attention
 from speckv.backends.hf import TorchRunner
+
+from conftest import tiny_model
 
 
 class _Module(torch.nn.Module):
@@ -69,16 +71,9 @@ def test_long_queries_go_to_sdpa(monkeypatch):
     assert calls == [attention.SHORT_QUERY, 300, 3]
 
 
-def _tiny():
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    return Qwen2ForCausalLM(config).eval()
-
-
 @torch.inference_mode()
 def test_runner_switches_sdpa_models_and_logits_stay():
-    model = _tiny()
+    model = tiny_model(0, vocab=300, hidden=64, context=512)
     ids = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(1))
 
     def steps():  # a prompt, then one-token forwards (the short-query path)
@@ -98,7 +93,7 @@ def test_runner_switches_sdpa_models_and_logits_stay():
 
 
 def test_runner_leaves_other_attention_alone():
-    model = _tiny()
+    model = tiny_model(0, vocab=300, hidden=64, context=512)
     model.set_attn_implementation("eager")
     TorchRunner(model)
     assert model.config._attn_implementation == "eager"

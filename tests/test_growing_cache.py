@@ -1,10 +1,12 @@
 """The in-place KV layer (backends/growing_cache.py) holds what transformers' DynamicLayer holds."""
 
 import torch
-from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from speckv.backends import growing_cache as gc
+
+from conftest import tiny_model
 
 
 def _pair():
@@ -58,10 +60,8 @@ def test_a_layer_that_ignored_assignments_is_caught():
 
 @torch.inference_mode()
 def test_model_logits_unchanged():
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)
-    model = Qwen2ForCausalLM(config).eval()
+    model = tiny_model(0, vocab=300, hidden=64, context=1024)
+    config = model.config
     ids = torch.randint(0, 300, (1, 400), generator=torch.Generator().manual_seed(1))
 
     def run(cache):
