@@ -76,11 +76,11 @@ def probe(target: Runner, draft: Runner | None, meta: dict | None = None) -> Cos
     verify = _line(np.array(x), np.array(y))
     draft_line, read = (0.0, 0.0, 0.0), 0.0
     if draft is not None:
-        per_token = {ctx: forward_ms(draft, context=ctx, new_tokens=(1,), repeats=4)[1] for ctx in CONTEXTS}
+        short = forward_ms(draft, context=CONTEXTS[0], new_tokens=(1, READ_TOKENS), repeats=4)  # one token, and a read
+        per_token = {CONTEXTS[0]: short[1], CONTEXTS[1]: forward_ms(draft, context=CONTEXTS[1], new_tokens=(1,), repeats=4)[1]}
         slope = max(0.0, (per_token[CONTEXTS[1]] - per_token[CONTEXTS[0]]) / (CONTEXTS[1] - CONTEXTS[0]) * 1000)
         draft_line = (0.0, max(0.0, per_token[CONTEXTS[0]] - slope * CONTEXTS[0] / 1000), slope)
-        wide = forward_ms(draft, context=CONTEXTS[0], new_tokens=(1, READ_TOKENS), repeats=2)
-        read = max(0.0, (wide[READ_TOKENS] - wide[1]) / (READ_TOKENS - 1))
+        read = max(0.0, (short[READ_TOKENS] - short[1]) / (READ_TOKENS - 1))
     prefill = (verify[0], verify[1] * 1000)  # the line at n = prompt length: pessimistic (prefill batches better)
     cost = CostModel(draft_line, tuple(verify), OVERHEAD_MS, prefill,
                      {"calibrated": "probe", "probe_version": PROBE_VERSION, "threads": target.threads, **(meta or {})}, lookup_ms(),
