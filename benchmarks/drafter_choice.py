@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -67,6 +68,56 @@ def held_out(per: int, seed: int, tasks=TASKS) -> list[tuple[str, object]]:
     return out
 
 
+def oracle_summary(runs: pd.DataFrame, prompts, cost: CostModel, dec: Decoder, target, max_new_tokens: int) -> dict:
+    """The drafter-choosing oracle's tokens/s over the prompts, replayed along the target's own
+    output (the run's `autoregressive` rows) under `cost`, and `auto`'s share of it. The draft
+    attends to the prompt as `auto`'s does (its long-context window) and pays its reads as live
+    drafts do; `*_free_reads` prices the same oracle as sessions before 15 did, reads free."""
+    alone = runs[runs.controller == "autoregressive"].set_index("prompt_id")
+    free = replace(cost, read=(0.0,))
+    totals = {"": [0.0, 0.0], "_free_reads": [0.0, 0.0]}
+    per_task: dict[str, list[float]] = {}
+    for task, prompt in prompts:
+        output = list(alone.loc[prompt.id, "tokens"])
+        ids = dec.encode(prompt.text)
+        attended = dec.engine.draft.attended(len(ids))
+        tr = collect_trace(target.runner, dec.draft.runner, ids, max_new_tokens, dec.stop_ids, depth=0, output=output)
+        for key, priced in (("", cost), ("_free_reads", free)):
+            replayed = replay(tr, oracle(tr, priced, "hybrid", attended=attended), priced, "hybrid", attended)
+            for s in replayed:
+                s.control_ms = 0.0
+            wall = priced.wall_s(replayed, len(ids))
+            totals[key][0] += len(output)
+            totals[key][1] += wall
+            if not key:
+                per_task.setdefault(task, [0.0, 0.0])
+                per_task[task][0] += len(output)
+                per_task[task][1] += wall
+    auto = aggregate_tps(runs[runs.controller == "auto"])
+    out = {"oracle_per_task": {t: round(n / w, 2) for t, (n, w) in per_task.items()}}
+    for key, (n, w) in totals.items():
+        out[f"oracle_tokens_per_s{key}"] = round(n / w, 2)
+        out[f"auto_share_of_oracle{key}"] = round(auto / (n / w), 3)
+    return out
+
+
+def oracle_again(path: Path, out: Path | None) -> None:
+    """The oracle of a committed run, replayed again from its rows (the target's outputs, `auto`'s
+    live rate) and its fitted cost model: a change to how replay prices steps, measured on the
+    same run without timing anything live."""
+    run = json.loads(path.read_text())
+    config, runs = run["config"], pd.DataFrame(run["rows"])
+    prompts = held_out(config["per"], config["seed"], tuple(dict.fromkeys(runs.task)))
+    target = load_model(DEFAULT_TARGET, config["compression"], "cpu")
+    dec = Decoder(target, load_draft(DEFAULT_DRAFT, "nf4", "cpu"), "auto", drafter="auto")
+    cost = CostModel.from_dict(run["summary"]["cost_model"])
+    summary = oracle_summary(runs, prompts, cost, dec, target, config["max_new_tokens"])
+    payload = {"of": str(path), "auto_tokens_per_s": run["summary"]["tokens_per_s"]["auto"], **summary}
+    if out:
+        write_json(out, payload)
+    print(json.dumps(payload, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per", type=int, default=4)
@@ -76,7 +127,10 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(ACCEPTANCE))
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--oracle-of", type=Path, help="a committed run's results: replay its oracle again (no live runs)")
     args = ap.parse_args()
+    if args.oracle_of:
+        return oracle_again(args.oracle_of, args.out)
     labels = args.methods.split(",")
     target = load_model(DEFAULT_TARGET, args.compression, "cpu")
     # Ours draft with what speckv loads (models/draft.py: an int8 head, or "nf4-v32768": a 32k-token
@@ -130,20 +184,7 @@ def main() -> None:
     if "auto" in labels and "autoregressive" in labels:
         live = [r for (label, _), r in steps.items() if label in ("auto", "chain-cost-aware-nf4")]
         cost = CostModel.fit(live, {"fitted_on": "this run's live auto/chain steps"})
-        alone = runs[runs.controller == "autoregressive"].set_index("prompt_id")
-        dec = decoders["auto"]
-        tokens = wall = 0.0
-        for task, prompt in prompts:
-            out = list(alone.loc[prompt.id, "tokens"])
-            ids = dec.encode(prompt.text)
-            tr = collect_trace(target.runner, dec.draft.runner, ids, args.max_new_tokens, dec.stop_ids, depth=0, output=out)
-            replayed = replay(tr, oracle(tr, cost, "hybrid"), cost, drafter="hybrid")
-            for s in replayed:
-                s.control_ms = 0.0
-            tokens += len(out)
-            wall += cost.wall_s(replayed, len(ids))
-        summary["oracle_tokens_per_s"] = round(tokens / wall, 2)
-        summary["auto_share_of_oracle"] = round(summary["tokens_per_s"]["auto"] / (tokens / wall), 3)
+        summary |= oracle_summary(runs, prompts, cost, decoders["auto"], target, args.max_new_tokens)
         summary["cost_model"] = cost.to_dict()
     payload = {"summary": summary, "ratio_ci": cis, "per_task": per_task,
                "rows": [{k: v for k, v in r.items() if k != "tokens"} | {"tokens": list(map(int, r["tokens"]))} for r in rows],

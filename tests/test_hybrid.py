@@ -44,7 +44,7 @@ def prompts(n=6, seed=1):
 
 
 def shape(steps):
-    return [(s.context_len, s.budget, s.drafted, s.accepted, s.emitted, s.drafter) for s in steps]
+    return [(s.context_len, s.budget, s.drafted, s.accepted, s.emitted, s.drafter, s.draft_read) for s in steps]
 
 
 def greedy(engine, prompt, controller, limit=30, stop=frozenset()):
@@ -194,22 +194,47 @@ def test_a_bad_choice_is_an_error(tiny_pair):
         greedy(hybrid(tiny_pair), [1, 2, 3], Confused(), 5)
 
 
-def test_the_drafter_choosing_oracle_beats_each_drafter_alone(tiny_pair):
-    """Under one cost model the oracle over both proposers is at least as fast as the oracle over
-    either, and as every live policy replayed; it never drafts a rejected token."""
+@pytest.mark.parametrize("read", [0.0, 4.0, 30.0])
+def test_the_drafter_choosing_oracle_beats_each_drafter_alone(tiny_pair, read):
+    """Under one cost model, reads priced, the oracle over both proposers is at least as fast as
+    the oracle over either, and as every live policy replayed; it never drafts a rejected token,
+    and its plan costs exactly what its replay does (the reads it pays included)."""
     target, draft = tiny_pair
+    cost = replace(COST, read=(read,))
     for prompt in prompts(6, seed=3):
         tr = collect_trace(target, draft, prompt, 30, depth=16)
+        for attended in (None, 4):  # all of the prompt, or a 4-token window of it
 
-        def wall(controller, drafter):
-            steps = replay(tr, controller, cost=COST, drafter=drafter)
-            for s in steps:
-                s.control_ms = 0.0
-            return steps, COST.wall_s(steps, len(tr.prompt_ids))
+            def wall(controller, drafter):
+                steps = replay(tr, controller, cost=cost, drafter=drafter, attended=attended)
+                for s in steps:
+                    s.control_ms = 0.0
+                return steps, cost.wall_s(steps, len(tr.prompt_ids))
 
-        steps, best = wall(oracle(tr, COST, "hybrid"), "hybrid")
-        assert all(s.accepted == s.drafted for s in steps)
-        for drafter in ("model", "lookup"):
-            assert best <= wall(oracle(tr, COST, drafter), drafter)[1] + 1e-9
-        for spec in CONTROLLERS:
-            assert best <= wall(make_controller(spec), "hybrid")[1] + 1e-9
+            best_oracle = oracle(tr, cost, "hybrid", attended=attended)
+            steps, best = wall(best_oracle, "hybrid")
+            assert all(s.accepted == s.drafted for s in steps)
+            assert best * 1000 == pytest.approx(cost.prefill_ms(len(tr.prompt_ids)) + best_oracle.expected_ms)
+            for drafter in ("model", "lookup"):
+                assert best <= wall(oracle(tr, cost, drafter, attended=attended), drafter)[1] + 1e-9
+            for spec in CONTROLLERS:
+                assert best <= wall(make_controller(spec), "hybrid")[1] + 1e-9
+
+
+def test_the_oracle_plans_with_the_reads():
+    """Where reading costs more than a plain step saves, an oracle that plans as if reads were free
+    (a broken variant: the oracle before reads were priced) drafts from the model after a long copy
+    and replays slower than the one that prices them, which pays only what it must."""
+    from speckv.measure.trace import Trace
+
+    prompt = list(range(20))
+    out = list(range(100, 112)) + prompt + list(range(200, 212))  # new text, a copy of the prompt, new text
+    tr = Trace(prompt, out, list(out), [TokenSignals(0.1, 0.9, 0.8)] * len(out), {}, len(out), 0)
+    cost = replace(COST, read=(60.0,))
+
+    def wall(planned_with):
+        steps = replay(tr, oracle(tr, planned_with, "hybrid"), cost, "hybrid")
+        return cost.wall_s(steps, len(prompt)), {s.drafter for s in steps}
+
+    aware, blind = wall(cost), wall(replace(cost, read=(0.0,)))
+    assert "model" in blind[1] and aware[0] < blind[0]

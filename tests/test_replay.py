@@ -17,7 +17,8 @@ CONTROLLERS = ["fixed:1", "fixed:3", "fixed:6", "p-min:8:0.5", "hf-confidence:8"
 
 
 def shape(steps):
-    return [(s.context_len, s.budget, s.drafted, s.accepted, s.emitted) for s in steps]
+    """A step as replay must reproduce it, down to the tokens the draft read before drafting."""
+    return [(s.context_len, s.budget, s.drafted, s.accepted, s.emitted, s.draft_read) for s in steps]
 
 
 @pytest.fixture(scope="module")

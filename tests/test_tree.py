@@ -156,7 +156,8 @@ def test_a_wrong_compaction_is_caught(tiny_pair, monkeypatch):
 @pytest.mark.parametrize("spec", ["tree:depth=4,nodes=12,width=3,spine", "tree:depth=6,nodes=11,width=2,spine"])
 def test_spine_tree_replay_equals_live(tiny_pair, spec):
     """A fixed spine-shaped tree replays exactly from a trace (the draft's best tokens are recorded
-    at every on-path position): node counts, depths, accepted paths and the tokens all agree."""
+    at every on-path position): node counts, depths, accepted paths, the tokens and what the draft
+    read first all agree."""
     from speckv.measure.replay import replay
     from speckv.measure.trace import collect_trace
 
@@ -168,7 +169,8 @@ def test_spine_tree_replay_equals_live(tiny_pair, spec):
         tr = collect_trace(target, draft, prompt, 30, depth=12)
         live = [e.record for e in engine.run(prompt, make_controller(spec), SamplingConfig(), 30)]
         replayed = replay(tr, make_controller(spec))
-        shape = lambda steps: [(s.context_len, s.budget, s.drafted, s.tree_depth, s.accepted, s.emitted) for s in steps]  # noqa: E731
+        shape = lambda steps: [(s.context_len, s.budget, s.drafted, s.tree_depth, s.accepted, s.emitted, s.draft_read)  # noqa: E731
+                               for s in steps]
         assert shape(replayed) == shape(live), (spec, i)
         assert any(s.tree_depth for s in live)
 

@@ -8,6 +8,12 @@ T[p] = min over proposers d and k <= runs[d][p] of cost_d(k drafts at p) + T[p +
 past a mismatch never pays (the target's correction comes free with the verification), so the
 optimum is exact here. With several proposers it is the drafter-choosing oracle.
 
+It pays what the live draft model reads before drafting (the cost model's read line), as replay
+prices it: a model step reads its catch-up less one token, which is the prompt (or the window the
+draft attends to) the first time and after that every token committed since the draft's last
+chain but two (its last draft and the target's token). So the DP carries one bit, whether a model
+step is still to come: while it is, every committed token will be read.
+
 The tree oracle (`runner_up`, the rank of the target's token among the draft's runners-up where
 the model's run ends) may also end a model run with a spine tree: the run's r tokens, then the
 wrong top-1 and the runners-up down to the target's rank j at level r + 1, so r + 1 tokens are
@@ -26,12 +32,16 @@ class Oracle(Controller):
     spine = True  # its tree steps are spine trees
 
     def __init__(self, trace, cost, max_gamma: int = 32, runs: dict[str, list[int]] | None = None,
-                 runner_up: list[int] | None = None):
+                 runner_up: list[int] | None = None, prompt: int | None = None, lazy: bool = False):
         """runs: per proposer, the tokens it would get accepted at each output position (default:
         the draft model's, from the trace's match bits). runner_up: for the tree oracle, at each
         position where a model run ends, the target token's rank among the draft's runners-up
-        (1: the second choice; 0: not among them)."""
+        (1: the second choice; 0: not among them). prompt: the prompt tokens the draft attends to
+        (default: all); lazy: the draft reads them in its first chain (hybrid drafting), not in
+        the prefill of a first step that drafts."""
         self.trace, self.cost, self.max_gamma = trace, cost, max_gamma
+        self.prompt = len(trace.prompt_ids) if prompt is None else prompt
+        self.lazy = lazy
         self.runs = runs if runs is not None else {"model": model_runs(trace.matches)}
         self.runner_up = runner_up
         if runner_up is not None:
@@ -41,24 +51,46 @@ class Oracle(Controller):
 
     def start(self, request: RequestInfo) -> None:
         n, start, limit = len(self.trace.output_ids), request.prompt_len, request.max_new_tokens
-        best = [0.0] * (n + 1)
-        self.plan = [(0, "none", 0)] * n
+        cost, r = self.cost, self.cost.read[0] if "model" in self.runs else 0.0
+        inf = float("inf")
+        # best[s][p]: the least ms from output position p on, where s = 1 says a model step starts at
+        # or after p (the draft then reads every token committed before it) and s = 0 that none does.
+        best = [[inf] * (n + 1), [inf] * (n + 1)]
+        best[0][n] = 0.0
+        choice: list[list[tuple]] = [[()] * n, [()] * n]
         for p in range(n - 1, -1, -1):
-            ctx = start + p
-            plain = self.cost.verify_ms(1, ctx) + self.cost.overhead_ms(p)
-            options = [(plain + best[p + 1], 0, "none", 0)]
+            ctx, first = start + p, p == 0
+            base = cost.overhead_ms(p)
+            steps = [(cost.verify_ms(1, ctx) + base, 0, "none", 0)]
             for drafter, run in self.runs.items():
                 for k in range(1, min(run[p], self.max_gamma, limit - p - 1, n - p - 1) + 1):
-                    ms = self.cost.drafter_ms(drafter, k, ctx) + self.cost.verify_ms(k + 1, ctx) + self.cost.overhead_ms(p)
-                    options.append((ms + best[p + k + 1], k, drafter, 0))
-            r = self.runs["model"][p] if "model" in self.runs else 0
-            j = self.runner_up[p + r] if self.runner_up is not None and p + r < n else 0
-            if j and r + 1 <= min(self.max_gamma, limit - p - 1, n - p - 2):
-                ms = (self.cost.drafter_ms("model", r + 1, ctx) + self.cost.verify_ms(r + j + 2, ctx)
-                      + self.cost.overhead_ms(p))
-                options.append((ms + best[p + r + 2], r + 1, "model", j))
-            best[p], k, drafter, j = min(options)
+                    steps.append((cost.drafter_ms(drafter, k, ctx) + cost.verify_ms(k + 1, ctx) + base, k, drafter, 0))
+            run = self.runs["model"][p] if "model" in self.runs else 0
+            j = self.runner_up[p + run] if self.runner_up is not None and p + run < n else 0
+            if j and run + 1 <= min(self.max_gamma, limit - p - 1, n - p - 2):
+                ms = cost.drafter_ms("model", run + 1, ctx) + cost.verify_ms(run + j + 2, ctx) + base
+                steps.append((ms, run + 1, "model", j))
+            for ms, k, drafter, j in steps:
+                end = p + k + 1
+                if drafter == "model":  # it reads its catch-up less one token; 2 stay unread after it
+                    own = -r + (r * (self.prompt if self.lazy else 1) if first else 0.0)
+                    for after, extra in ((0, 0.0), (1, 2 * r)):
+                        total = ms + own + extra + best[after][end]
+                        if total < best[1][p]:
+                            best[1][p], choice[1][p] = total, (k, drafter, j, after)
+                else:  # its tokens are read by a later model step, if any
+                    for s in (0, 1):
+                        extra = s * r * (end - p + (self.prompt if first else 0))
+                        total = ms + extra + best[s][end]
+                        if total < best[s][p]:
+                            best[s][p], choice[s][p] = total, (k, drafter, j, s)
+        self.plan = [(0, "none", 0)] * n
+        p, s = 0, int(best[1][0] < best[0][0])
+        self.expected_ms = best[s][0]  # what its replay costs under the cost model, prefill aside
+        while p < n:
+            k, drafter, j, after = choice[s][p]
             self.plan[p] = (k, drafter, j)
+            p, s = p + k + 1, after
         self.p = 0
 
     @property

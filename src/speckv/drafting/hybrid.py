@@ -34,6 +34,7 @@ class HybridSource:
     lookup: LookupSource = LookupSource()
     name: str = "hybrid"
     kinds: tuple[str, ...] = ("model", "lookup")
+    lazy_prompt: bool = True  # the model reads the prompt in its first chain, not at prefill
 
     @property
     def vocab(self) -> int | None:

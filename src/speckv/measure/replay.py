@@ -30,26 +30,44 @@ class TraceSource:
     kinds = ("model",)
     vocab = None
 
-    def __init__(self, trace: Trace):
+    def __init__(self, trace: Trace, attended: int | None = None):
         self.trace = trace
+        self.prompt = attended  # prompt tokens the live draft attends to (a long-context window); None: all
+
+    def attended(self, prompt_len: int) -> int:
+        return prompt_len if self.prompt is None else min(prompt_len, self.prompt)
 
     def new(self, vocab: int = 0, sync=None) -> TraceDrafter:
-        return TraceDrafter(self.trace)
+        return TraceDrafter(self.trace, len(self.trace.prompt_ids) - self.attended(len(self.trace.prompt_ids)))
 
 
 class TraceDrafter:
     """The live drafter's proposals, read from a trace: on the target's path the teacher-forced
     draft token; after the first mismatch, the draft's own recorded continuation. A Drafter like
-    the live ones, run through the same draft loop (drafting.base.draft_loop)."""
+    the live ones, run through the same draft loop (drafting.base.draft_loop).
 
-    def __init__(self, trace: Trace):
+    It keeps the length the live draft's cache would hold (`cached`, in ids; `skip` prompt tokens
+    a long-context window never reads count as held), so each draft reports the tokens the live
+    one would read first (`Draft.read`: its catch-up less the one token every chain's first
+    forward takes), and replay prices the reads live steps pay."""
+
+    def __init__(self, trace: Trace, skip: int = 0):
         self.trace = trace
+        self.cached = skip
+        self._expanded: tuple[int, set[int]] | None = None  # the last tree: ids before it, nodes forwarded
 
     def prefill(self, ids: list[int]) -> None:
-        """The trace holds every draft state already."""
+        """The trace holds every draft state already; the live draft would now hold ids[:-1]."""
+        self.cached = max(self.cached, len(ids) - 1)
 
     def rollback(self, length: int, tree_path: list[int] | None = None) -> None:
-        """Nothing cached."""
+        """As the live draft: after a tree it keeps the accepted nodes it had forwarded, then
+        drops what lies beyond `length`."""
+        if self._expanded is not None:
+            base, forwarded = self._expanded
+            self._expanded = None
+            self.cached = base + sum(1 for n in (tree_path or []) if n in forwarded)
+        self.cached = min(self.cached, length)
 
     def close(self) -> None:
         """Nothing held."""
@@ -59,8 +77,11 @@ class TraceDrafter:
         """Draft after ids = prompt + output[:p] (greedy: ids is always on the target's path)."""
         trace, miss, j = self.trace, None, 0
         p = len(ids) - len(trace.prompt_ids)
+        read = max(0, len(ids) - self.cached - 1)
         if controller.trees:
-            return self._tree(p, budget, controller)
+            draft = self._tree(p, budget, controller, len(ids))
+            draft.read = read
+            return draft
 
         def next_proposal() -> Proposal:
             nonlocal miss, j
@@ -79,10 +100,13 @@ class TraceDrafter:
             j += 1
             return proposal
 
-        return base.draft_loop(next_proposal, budget, controller, trace.stop_ids)
+        draft = base.draft_loop(next_proposal, budget, controller, trace.stop_ids)
+        draft.read = read
+        self.cached = len(ids) + max(0, len(draft.proposals) - 1)  # every proposal but the last was forwarded
+        return draft
 
 
-    def _tree(self, p: int, budget: int, controller: Controller) -> Draft:
+    def _tree(self, p: int, budget: int, controller: Controller, held: int) -> Draft:
         """A tree step through drafting.tree.grow, the live loop, with the trace's rows: on the
         target's path the teacher-forced draft row (signals, best tokens); past a mismatch the
         draft's own continuation, whose runners-up are placeholders (never accepted: they hang
@@ -92,7 +116,10 @@ class TraceDrafter:
             raise SpeckvError("this trace predates the draft's recorded best tokens: recollect it with `speckv trace` "
                               "to replay tree controllers")
 
+        forwarded: list[int] = []  # nodes expanded (forwarded by the live draft), in growth numbering
+
         def expand(frontier: list[int], seen: tree.Tree) -> list[tree.Row]:
+            forwarded.extend(n for n in frontier if n >= 0)
             if len(frontier) > 1 or frontier[0] >= 0 and not controller.spine:
                 raise SpeckvError(f"controller {controller.name} grows beam trees, which replay cannot reproduce "
                                   "(their off-path nodes' draft rows are not in a trace): run it live")
@@ -113,32 +140,37 @@ class TraceDrafter:
             filler = [-2 - i for i in range(tree.TOP - 1)]  # never a token id
             return [tree.Row(branch.signals[k], [branch.tokens[k], *filler], [0.0] + [-1e9 - i for i in range(tree.TOP - 1)])]
 
-        grown, _ = tree.grow(expand, controller, budget, trace.stop_ids)
+        grown, renumber = tree.grow(expand, controller, budget, trace.stop_ids)
+        self.cached = held
+        self._expanded = (held, {renumber[n] for n in forwarded if n in renumber})
         return Draft(source="model", tree=grown)
 
 
-def tree_outcome(draft_tree: tree.Tree, out: list[int], p: int) -> int:
-    """Nodes of a replayed tree the target's output accepts: the greedy walk with the output as
-    the target's choices."""
+def tree_path(draft_tree: tree.Tree, out: list[int], p: int) -> list[int]:
+    """The nodes of a replayed tree the target's output accepts: the greedy walk with the output
+    as the target's choices."""
     path, _ = walk(draft_tree.tokens, draft_tree.parents,
                    lambda node: out[p + draft_tree.depth_of(node)] if p + draft_tree.depth_of(node) < len(out) else None)
-    return len(path)
+    return path
 
 
-def trace_source(trace: Trace, drafter: str = "model"):
+def trace_source(trace: Trace, drafter: str = "model", attended: int | None = None):
     """The DraftSource a live run with `drafter` (model, lookup[:N_MAX[:N_MIN]], hybrid[:...])
-    would have had, with the draft model read from the trace: lookup is a function of the text,
-    so replay runs the live LookupDrafter itself."""
+    would have had, with the draft model read from the trace (attending to `attended` prompt
+    tokens, as a long-context window does; None: all): lookup is a function of the text, so
+    replay runs the live LookupDrafter itself."""
     from speckv.drafting import parse_drafter
 
-    return parse_drafter(drafter).source(TraceSource(trace))
+    return parse_drafter(drafter).source(TraceSource(trace, attended))
 
 
-def oracle(trace: Trace, cost, drafter: str = "model", max_gamma: int = 32, tree_width: int = 0) -> Oracle:
+def oracle(trace: Trace, cost, drafter: str = "model", max_gamma: int = 32, tree_width: int = 0,
+           attended: int | None = None) -> Oracle:
     """The oracle over the proposers of a drafter spec (model, lookup, hybrid: the
-    drafter-choosing oracle), replayed with `replay(trace, oracle, cost, drafter)`; `tree_width`
-    > 1 makes it the tree oracle (spine trees offering that many candidates where a run ends)."""
-    source = trace_source(trace, drafter)
+    drafter-choosing oracle), replayed with `replay(trace, oracle, cost, drafter, attended)`;
+    `tree_width` > 1 makes it the tree oracle (spine trees offering that many candidates where a
+    run ends)."""
+    source = trace_source(trace, drafter, attended)
     runs = {}
     if "model" in source.kinds:
         runs["model"] = model_runs(trace.matches)
@@ -150,7 +182,8 @@ def oracle(trace: Trace, cost, drafter: str = "model", max_gamma: int = 32, tree
         if trace.top_tokens is None:
             raise SpeckvError("the tree oracle needs traces that record the draft's best tokens: recollect with `speckv trace`")
         runner_up = runner_up_ranks(trace, tree_width)
-    return Oracle(trace, cost, max_gamma, runs, runner_up)
+    prompt = source.attended(len(trace.prompt_ids)) if "model" in source.kinds else 0
+    return Oracle(trace, cost, max_gamma, runs, runner_up, prompt, lazy=getattr(source, "lazy_prompt", False))
 
 
 def lookup_offers(trace: Trace, lookup, max_gamma: int) -> Iterator[tuple[list[Proposal], int]]:
@@ -166,45 +199,53 @@ def lookup_offers(trace: Trace, lookup, max_gamma: int) -> Iterator[tuple[list[P
         yield offer, k
 
 
-def replay(trace: Trace, controller: Controller, cost=None, drafter: str = "model") -> list[StepRecord]:
+def replay(trace: Trace, controller: Controller, cost=None, drafter: str = "model",
+           attended: int | None = None) -> list[StepRecord]:
     """Steps the controller would take live on this trace's prompt (greedy decoding) with the
-    given drafter spec.
+    given drafter spec, the draft attending to `attended` prompt tokens (None: all).
 
-    `cost` (a speckv.cost.CostModel) fills draft_ms/verify_ms with predictions."""
+    `cost` (a speckv.cost.CostModel) fills draft_ms/verify_ms with predictions, the draft's reads
+    (the prompt, catch-ups) included as the live engine's drafters report them."""
     out, limit = trace.output_ids, trace.max_new_tokens
-    source = trace_source(trace, drafter)
+    source = trace_source(trace, drafter, attended)
     proposer = source.new(0, None)
     ids = list(trace.prompt_ids)
-    controller.start(RequestInfo(len(trace.prompt_ids), limit, source.kinds))
+    window = source.attended(len(ids)) if attended is not None and "model" in source.kinds else None
+    controller.start(RequestInfo(len(trace.prompt_ids), limit, source.kinds, window))
     steps: list[StepRecord] = []
     p = 0
     while p < len(out):
         t0 = time.perf_counter()
         budget = max(0, min(controller.budget(), limit - p - 1))
         control_s = time.perf_counter() - t0
-        tokens, signals, accepted, used, size, depth = [], [], 0, "", 0, 0
+        tokens, signals, accepted, used, size, depth, read, path = [], [], 0, "", 0, 0, 0, None
         if budget:
             if not controller.uses_draft:
                 raise SpeckvError(f"controller {controller.name} asked for drafts without a draft model")
+            if not steps:  # as the engine: the draft reads the prompt when the first step drafts
+                proposer.prefill(ids)
             draft = proposer.propose(ids, budget, controller, None, None, trace.stop_ids)
             tokens, signals, used = draft.tokens, draft.signals, draft.source if draft.size else ""
-            size, depth = draft.size, draft.depth
+            size, depth, read = draft.size, draft.depth, draft.read
             if draft.tree is not None:
-                accepted = tree_outcome(draft.tree, out, p)
+                path = tree_path(draft.tree, out, p)
+                accepted = len(path)
             while accepted < len(tokens) and tokens[accepted] == out[p + accepted]:
                 accepted += 1
             control_s += draft.control_ms / 1000
         emitted = len(out[p : p + accepted + 1])
+        if budget:
+            proposer.rollback(len(ids) + emitted - 1, path)
         t0 = time.perf_counter()
         controller.observe(StepOutcome(budget, size, accepted, tuple(signals), used, depth))
         control_s += time.perf_counter() - t0
         record = StepRecord(
             step=len(steps), context_len=len(trace.prompt_ids) + p, budget=budget, drafted=size,
             accepted=accepted, emitted=emitted, signals=signals, control_ms=control_s * 1000, drafter=used,
-            tree_depth=depth,
+            tree_depth=depth, draft_read=read,
         )
         if cost is not None:  # a tree drafts one forward per level
-            record.draft_ms = cost.drafter_ms(used, depth or record.drafted, record.context_len)
+            record.draft_ms = cost.drafter_ms(used, depth or record.drafted, record.context_len, read)
             record.verify_ms = cost.verify_ms(record.drafted + 1, record.context_len)
         steps.append(record)
         ids += out[p : p + emitted]
