@@ -325,8 +325,15 @@ SMOL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def smol():
-    from speckv.models import pull
+    """SmolLM2 provisioned in every form the CLI may load (the GGUF too where llama.cpp is built,
+    the CLI's default backend then), so a first-use progress line is not mistaken for the error."""
+    import importlib.util
 
+    from speckv.models import pull
+    from speckv.models.provision import gguf_path
+
+    if importlib.util.find_spec("llama_cpp") is not None:
+        gguf_path(SMOL)
     return str(pull(SMOL))
 
 

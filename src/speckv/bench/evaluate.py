@@ -234,14 +234,16 @@ def evaluate_prompt(dec: Decoder, config: EvalConfig, trace_path: Path, cost: Co
     trace = load_trace(trace_path)
     base = {"compression": dec.setup.compression, "task": trace.meta["task"], "prompt_id": trace.meta["prompt_id"]}
     runs, steps = [], []
+    attended = getattr(dec.engine.draft, "attended", None)  # a long-context window: the prompt the draft reads
+    attended = attended(len(trace.prompt_ids)) if attended is not None else None
     for spec in (*config.baselines, *config.controllers):
         parsed = _spec(spec)
         if not parsed.replayable:
             continue  # transformers' and llama-server's loops, and trees, run live only
         drafter = config.drafter
-        controller = oracle(trace, cost, drafter) if parsed.replay_only else dec.make_controller(parsed)
+        controller = oracle(trace, cost, drafter, attended=attended) if parsed.replay_only else dec.make_controller(parsed)
         t0 = time.perf_counter()
-        replayed = replay(trace, controller, cost, drafter)
+        replayed = replay(trace, controller, cost, drafter, attended)
         row = _run_row({**base, "mode": "replay"}, spec, len(trace.output_ids),
                        cost.wall_s(replayed, len(trace.prompt_ids)), replayed)
         row["replay_s"] = time.perf_counter() - t0
