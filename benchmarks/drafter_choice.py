@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from speckv.api import Decoder
+from speckv.api import Decoder, default_draft_level
 from speckv.bench.side_by_side import run_method
 from speckv.control.artifact import Setup, shipped_path
 from speckv.cost import CalibrationRun, CostModel
@@ -39,10 +40,11 @@ from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
 
 TASKS = ("code", "math", "chat", "summarization", "edit", "rag", "translation")
 #: label -> (drafter, draft compression or None for no draft, controller spec); "nf4-v32768": NF4
-#: draft with a 32k-token head
+#: draft with a 32k-token head; "default": the level speckv.load picks on this machine (NF4 where
+#: bitsandbytes runs it fast, else bf16: api.default_draft_level)
 METHODS = {
     "autoregressive": (None, None, "autoregressive"),
-    "auto": ("auto", "nf4", "auto"),
+    "auto": ("auto", "default", "auto"),
     "auto-v32768": ("auto", "nf4-v32768", "auto"),
     "auto-bf16": ("auto", "bf16", "auto"),
     "auto-lookup": ("lookup", None, "auto"),
@@ -109,7 +111,8 @@ def oracle_again(path: Path, out: Path | None) -> None:
     config, runs = run["config"], pd.DataFrame(run["rows"])
     prompts = held_out(config["per"], config["seed"], tuple(dict.fromkeys(runs.task)))
     target = load_model(DEFAULT_TARGET, config["compression"], "cpu")
-    dec = Decoder(target, load_draft(DEFAULT_DRAFT, "nf4", "cpu"), "auto", drafter="auto")
+    level = re.search(r"draft_compression='([^']+)'", config["setups"]["auto"]).group(1)  # as that run loaded it
+    dec = Decoder(target, load_draft(DEFAULT_DRAFT, level, "cpu"), "auto", drafter="auto")
     cost = CostModel.from_dict(run["summary"]["cost_model"])
     summary = oracle_summary(runs, prompts, cost, dec, target, config["max_new_tokens"])
     payload = {"of": str(path), "auto_tokens_per_s": run["summary"]["tokens_per_s"]["auto"], **summary}
@@ -135,9 +138,12 @@ def main() -> None:
     target = load_model(DEFAULT_TARGET, args.compression, "cpu")
     # Ours draft with what speckv loads (models/draft.py: an int8 head, or "nf4-v32768": a 32k-token
     # head); transformers' methods with the draft as transformers loads it. One draft per kind, shared.
-    drafts, decoders = {}, {}
+    drafts, decoders, drafts_level = {}, {}, {}
     for label in labels:
         drafter, level, spec = METHODS[label]
+        if level == "default":
+            level = default_draft_level("bf16", "cpu") or "bf16"
+        drafts_level[label] = level
         external = spec.startswith("hf-")
         if level is not None and (level, external) not in drafts:
             base, _, vocab = level.partition("-v")
@@ -182,7 +188,11 @@ def main() -> None:
         summary["best_transformers"] = best
     # The drafter-choosing oracle, replayed along the target's own output with this run's costs.
     if "auto" in labels and "autoregressive" in labels:
-        live = [r for (label, _), r in steps.items() if label in ("auto", "chain-cost-aware-nf4")]
+        # fitted to the runs that drafted with auto's own draft (the chain's NF4 one may differ: bf16 where
+        # bitsandbytes has no fast NF4 kernel)
+        level = lambda label: drafts_level.get(label)  # noqa: E731
+        live = [r for (label, _), r in steps.items()
+                if label in ("auto", "chain-cost-aware-nf4") and level(label) == level("auto")]
         cost = CostModel.fit(live, {"fitted_on": "this run's live auto/chain steps"})
         summary |= oracle_summary(runs, prompts, cost, decoders["auto"], target, args.max_new_tokens)
         summary["cost_model"] = cost.to_dict()

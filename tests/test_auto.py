@@ -105,16 +105,24 @@ def test_load_probes_once_and_auto_prices_with_it(tiny_pair, tmp_path, monkeypat
     assert "timing" not in capsys.readouterr().err and kept.controller.cost.verify_shape == ()
     assert dec.generate([1, 2, 3, 1, 2, 3], max_new_tokens=20).token_ids == \
         dec.generate([1, 2, 3, 1, 2, 3], max_new_tokens=20, controller="autoregressive").token_ids
-    levels.clear()
-    speckv.load("t", "d", backend="torch")  # bf16 on CPU: the draft at NF4
-    assert levels == ["bf16", "nf4"]
+    from speckv.models import cpu_kernels
+
+    for fast, want in ((True, "nf4"), (False, "bf16")):
+        levels.clear()
+        monkeypatch.setattr(cpu_kernels, "nf4_pays", lambda fast=fast: fast)
+        speckv.load("t", "d", backend="torch")  # bf16 on CPU: the draft at NF4 where NF4 runs fast
+        assert levels == ["bf16", want]
 
 
-def test_default_draft_level():
+def test_default_draft_level(monkeypatch):
     from speckv.api import default_draft_level
+    from speckv.models import cpu_kernels
 
+    monkeypatch.setattr(cpu_kernels, "nf4_pays", lambda: True)
     assert default_draft_level("bfloat16", "cpu") == "nf4"
     assert default_draft_level("float32", "cpu") == "float32"  # exactness runs keep fp32 throughout
+    monkeypatch.setattr(cpu_kernels, "nf4_pays", lambda: False)  # bitsandbytes' slow fallback (no AVX-512 BF16)
+    assert default_draft_level("bfloat16", "cpu") == "bfloat16"
 
 
 @pytest.mark.parametrize("args,message", [

@@ -18,7 +18,16 @@ from speckv.models.int8_head import Int8Head, quantize_head
 from speckv.models.load import LoadedModel
 from speckv.models.reduced_head import reduce_head
 
-pytestmark = pytest.mark.skipif(not int8_head.supported(), reason="this torch has no CPU int8 matmul")
+pytestmark = pytest.mark.skipif(not int8_head.available(), reason="this torch has no CPU int8 matmul")
+
+
+@pytest.fixture(autouse=True)
+def int8_is_fast(monkeypatch):
+    """Where the head applies is decided by timing (models/cpu_kernels.py); these tests pin it to
+    fast, so they check the head on every CPU that has the op (test_cpu_kernels.py checks the timing)."""
+    from speckv.models import cpu_kernels
+
+    monkeypatch.setattr(cpu_kernels, "int8_pays", lambda: True)
 
 
 def loaded(model, level="fp32", name="tiny-draft") -> LoadedModel:

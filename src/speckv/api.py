@@ -418,11 +418,15 @@ def default_draft_level(dtype: str | None, device: str, backend: str = "torch") 
     """The draft's compression when none is given: on transformers, NF4 on CPU at the default bf16
     (a draft token costs about half as much as in bf16 and the draft ranks tokens nearly as well:
     the cheaper draft is worth more than any stop rule, benchmarks/results/drafters.json); else
-    `dtype` (None: the backend's default)."""
+    `dtype` (None: the backend's default). Only where bitsandbytes runs NF4 fast on this CPU: its
+    native kernel needs AVX-512 BF16, and elsewhere an NF4 draft token cost 1.6 s against 105 ms
+    in bf16 (models/cpu_kernels.py)."""
     if backend != "torch" or Compression.parse(dtype or "bf16").level != "bf16" or pick_device(device).type != "cpu":
         return dtype
     try:
         Compression("nf4").require()
     except SpeckvError:
         return dtype
-    return "nf4"
+    from speckv.models import cpu_kernels
+
+    return "nf4" if cpu_kernels.nf4_pays() else dtype

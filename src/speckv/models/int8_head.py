@@ -11,7 +11,7 @@ Invariants:
 - Drop-in: `forward(hidden)` returns logits of hidden's dtype and shape [..., rows]; `weight` is
   the int8 matrix (so `weight.shape` gives the vocabulary, and a reduced vocabulary, which needs a
   float head, is refused: models/reduced_head.py).
-- Where this torch has no CPU `_int_mm`, `quantize_head` leaves the float head in place.
+- Where this torch has no CPU `_int_mm`, or no fast one, `quantize_head` leaves the float head in place.
 """
 
 from __future__ import annotations
@@ -48,13 +48,21 @@ class Int8Head(torch.nn.Module):
         return out.to(hidden.dtype).reshape(*hidden.shape[:-1], self.out_features)
 
 
-def supported() -> bool:
-    """Whether this torch multiplies int8 matrices on the CPU."""
+def available() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU at all."""
     try:
         torch._int_mm(torch.ones(1, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
     except (AttributeError, RuntimeError, NotImplementedError):
         return False
     return True
+
+
+def supported() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU, and fast: without AVX-512 its
+    `_int_mm` is scalar code and an int8 head costs more than the bf16 one (models/cpu_kernels.py)."""
+    from speckv.models import cpu_kernels
+
+    return available() and cpu_kernels.int8_pays()
 
 
 def quantize_head(loaded: LoadedModel) -> LoadedModel:
