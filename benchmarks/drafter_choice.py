@@ -190,9 +190,8 @@ def main() -> None:
     if "auto" in labels and "autoregressive" in labels:
         # fitted to the runs that drafted with auto's own draft (the chain's NF4 one may differ: bf16 where
         # bitsandbytes has no fast NF4 kernel)
-        level = lambda label: drafts_level.get(label)  # noqa: E731
         live = [r for (label, _), r in steps.items()
-                if label in ("auto", "chain-cost-aware-nf4") and level(label) == level("auto")]
+                if label in ("auto", "chain-cost-aware-nf4") and drafts_level[label] == drafts_level["auto"]]
         cost = CostModel.fit(live, {"fitted_on": "this run's live auto/chain steps"})
         summary |= oracle_summary(runs, prompts, cost, decoders["auto"], target, args.max_new_tokens)
         summary["cost_model"] = cost.to_dict()
