@@ -77,7 +77,7 @@ def speckv_steps(traces: list[Trace], gammas=(2, 4, 6, 8)) -> np.ndarray:
     rows = []
     for tr in traces:
         code = speckv_mlp.COMPRESSION_CODE[tr.meta["compression"]]
-        for g in gammas:
+        for g in (g for g in gammas if g <= tr.depth + 1):  # a trace supports budgets up to depth + 1
             for s in replay(tr, Fixed(g)):
                 if s.drafted:
                     rows.append(speckv_mlp.step_features(s.signals, code) + [g, s.accepted / s.drafted])
