@@ -22,7 +22,8 @@ import torch
 
 ROWS, COLS = 8192, 896  # a slice of Qwen2.5-Coder-0.5B's LM head: 15 MB in bf16
 #: how much slower than bf16 a quantized product may be and still count as fast (its smaller
-#: weight still saves memory; the fallbacks measured 4x (int8, 1 thread) to 16x (NF4) slower)
+#: weight still saves memory; on the AVX2 EPYC the fallbacks took about 15x the bf16 time: int8 17 against
+#: 1.1 ms at this shape, NF4 7.9 against 0.54 ms on a 4096 x 1024 weight)
 TOLERANCE = 1.5
 
 
