@@ -70,7 +70,7 @@ def quantize_head(loaded: LoadedModel) -> LoadedModel:
     was where the head is not a plain float Linear on the CPU or the CPU has no int8 matmul."""
     model = loaded.model
     head = model.get_output_embeddings()
-    if (type(head) is not torch.nn.Linear or not head.weight.is_floating_point()
+    if (not isinstance(head, torch.nn.Linear) or not head.weight.is_floating_point()
             or head.weight.device.type != "cpu" or not supported()):
         return loaded
     model.set_output_embeddings(Int8Head(head))

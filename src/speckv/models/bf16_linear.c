@@ -1,0 +1,61 @@
+/* speckv: y = x W^T (+ b) for a bf16 weight on an AVX2 + FMA CPU (models/bf16_linear.py says why).
+ *
+ * x: k x d float32, W: n x d bf16 (raw uint16), b: n float32 or NULL, y: k x n float32, d % 8 == 0.
+ * A tile is 4 weight rows against up to 3 activation rows: 12 accumulators, 3 activation and 1
+ * weight register of the 16. Each weight row is read from memory once (the tiles of later
+ * activation rows find it in cache) and widened to float32 in registers: a bf16 is the top half of
+ * a float32. Every output is the same 8-lane sum in the same order whatever k is, so a row's result
+ * does not depend on the rows batched with it. */
+#include <immintrin.h>
+#include <stddef.h>
+#include <stdint.h>
+
+static inline __m256 load_bf16(const uint16_t *p) {
+    __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* weight rows j .. j + 3 (the last row repeated past n) against m activation rows (m: a constant
+ * at each call, so the compiler keeps the tile in registers) */
+static inline __attribute__((always_inline)) void tile(const float *x, const uint16_t *w, const float *b, float *y,
+                                                       int j, int n, int d, const int m) {
+    const uint16_t *rows[4];
+    __m256 acc[4][3];
+    for (int r = 0; r < 4; r++) {
+        rows[r] = w + (size_t)(j + r < n ? j + r : n - 1) * d;
+        for (int i = 0; i < m; i++) acc[r][i] = _mm256_setzero_ps();
+    }
+    for (int t = 0; t < d; t += 8) {
+        __m256 xv[3];
+        for (int i = 0; i < m; i++) xv[i] = _mm256_loadu_ps(x + (size_t)i * d + t);
+        for (int r = 0; r < 4; r++) {
+            __m256 v = load_bf16(rows[r] + t);
+            for (int i = 0; i < m; i++) acc[r][i] = _mm256_fmadd_ps(v, xv[i], acc[r][i]);
+        }
+    }
+    for (int r = 0; r < 4 && j + r < n; r++)
+        for (int i = 0; i < m; i++) y[(size_t)i * n + j + r] = hsum(acc[r][i]) + (b ? b[j + r] : 0.0f);
+}
+
+void speckv_linear_bf16(const float *x, const uint16_t *w, const float *b, float *y, int k, int n, int d,
+                        int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int j = 0; j < n; j += 4) {
+        for (int i0 = 0; i0 < k; i0 += 3) {
+            const float *xi = x + (size_t)i0 * d;
+            float *yi = y + (size_t)i0 * n;
+            switch (k - i0 < 3 ? k - i0 : 3) {
+                case 1: tile(xi, w, b, yi, j, n, d, 1); break;
+                case 2: tile(xi, w, b, yi, j, n, d, 2); break;
+                default: tile(xi, w, b, yi, j, n, d, 3); break;
+            }
+        }
+    }
+}
