@@ -11,6 +11,8 @@ import torch
 from conftest import tiny_model
 from speckv.models import bf16_linear, cpu_kernels
 
+SMOL = "smollm2-135m-instruct"
+
 pytestmark = pytest.mark.skipif(
     platform.machine().lower() not in ("x86_64", "amd64")
     or torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="the kernel needs x86-64 with AVX2")
@@ -100,3 +102,22 @@ def test_the_check_times_the_kernel_against_torch(home, monkeypatch):
     monkeypatch.setenv("CC", str(home / "no-such-cc"))
     bf16_linear.kernel.cache_clear()
     assert cpu_kernels.bf16_linear_pays.__wrapped__() is False  # cannot be built: torch stays
+
+
+def test_load_model_gives_bf16_cpu_models_the_kernel_and_no_others(monkeypatch):
+    from speckv.models.load import load_model
+
+    monkeypatch.setattr(cpu_kernels, "bf16_linear_pays", lambda: True)
+    kernelled = {level: sum(isinstance(m, bf16_linear.Bf16Linear) for m in load_model(SMOL, level, "cpu").model.modules())
+                 for level in ("bf16", "fp32")}
+    assert kernelled == {"bf16": 30 * 7 + 1, "fp32": 0}  # SmolLM2-135M: 30 layers of 7 products, and the head
+
+
+def test_a_model_cast_after_loading_falls_back_to_torch(home, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "bf16_linear_pays", lambda: True)
+    model = tiny_model(4, hidden=32).to(torch.bfloat16)
+    assert bf16_linear.install(model) > 0
+    model.float()  # the kernel reads bf16 only: float32 layers must run torch's product
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, tiny_model(4, hidden=32).to(torch.bfloat16).float()(ids).logits)

@@ -1,6 +1,8 @@
 /* speckv: y = x W^T (+ b) for a bf16 weight on an AVX2 + FMA CPU (models/bf16_linear.py says why).
  *
- * x: k x d float32, W: n x d bf16 (raw uint16), b: n float32 or NULL, y: k x n float32, d % 8 == 0.
+ * x: k x d, W: n x d, b: n or NULL, y: k x n, all bf16 (raw uint16), d % 8 == 0. The activations are
+ * widened to float32 once per call, each output is rounded once to bf16 (nearest even, as torch
+ * rounds): the conversions happen here rather than as separate torch ops around every call.
  * A tile is 4 weight rows against up to 3 activation rows: 12 accumulators, 3 activation and 1
  * weight register of the 16. Each weight row is read from memory once (the tiles of later
  * activation rows find it in cache) and widened to float32 in registers: a bf16 is the top half of
@@ -9,6 +11,22 @@
 #include <immintrin.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0; /* NaN */
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
 
 static inline __m256 load_bf16(const uint16_t *p) {
     __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
@@ -24,7 +42,7 @@ static inline float hsum(__m256 v) {
 
 /* weight rows j .. j + 3 (the last row repeated past n) against m activation rows (m: a constant
  * at each call, so the compiler keeps the tile in registers) */
-static inline __attribute__((always_inline)) void tile(const float *x, const uint16_t *w, const float *b, float *y,
+static inline __attribute__((always_inline)) void tile(const float *x, const uint16_t *w, const uint16_t *b, uint16_t *y,
                                                        int j, int n, int d, const int m) {
     const uint16_t *rows[4];
     __m256 acc[4][3];
@@ -41,16 +59,20 @@ static inline __attribute__((always_inline)) void tile(const float *x, const uin
         }
     }
     for (int r = 0; r < 4 && j + r < n; r++)
-        for (int i = 0; i < m; i++) y[(size_t)i * n + j + r] = hsum(acc[r][i]) + (b ? b[j + r] : 0.0f);
+        for (int i = 0; i < m; i++) y[(size_t)i * n + j + r] = float_to_bf16(hsum(acc[r][i]) + (b ? bf16_to_float(b[j + r]) : 0.0f));
 }
 
-void speckv_linear_bf16(const float *x, const uint16_t *w, const float *b, float *y, int k, int n, int d,
-                        int threads) {
+/* returns 0, or -1 when the activations' float32 copy cannot be allocated (nothing written) */
+int speckv_linear_bf16(const uint16_t *xh, const uint16_t *w, const uint16_t *b, uint16_t *y, int k, int n, int d,
+                       int threads) {
+    float *x = malloc((size_t)k * d * sizeof(float));
+    if (!x) return -1;
+    for (size_t i = 0; i < (size_t)k * d; i++) x[i] = bf16_to_float(xh[i]);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int j = 0; j < n; j += 4) {
         for (int i0 = 0; i0 < k; i0 += 3) {
             const float *xi = x + (size_t)i0 * d;
-            float *yi = y + (size_t)i0 * n;
+            uint16_t *yi = y + (size_t)i0 * n;
             switch (k - i0 < 3 ? k - i0 : 3) {
                 case 1: tile(xi, w, b, yi, j, n, d, 1); break;
                 case 2: tile(xi, w, b, yi, j, n, d, 2); break;
@@ -58,4 +80,6 @@ void speckv_linear_bf16(const float *x, const uint16_t *w, const float *b, float
             }
         }
     }
+    free(x);
+    return 0;
 }

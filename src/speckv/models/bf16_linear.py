@@ -43,27 +43,32 @@ class Bf16Linear(torch.nn.Linear):
     kernel: ctypes.CDLL
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.numel()
+        if (x.dtype != torch.bfloat16 or x.device.type != "cpu" or not x.numel() or not eligible(self, Bf16Linear)
                 or (x.requires_grad and torch.is_grad_enabled())):
             return super().forward(x)
         return multiply(self.kernel, x, self.weight, self.bias)
 
 
 def multiply(kernel: ctypes.CDLL, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T (+ bias), all bf16 on the CPU, weight contiguous (n x d, d a multiple of 8)."""
     n, d = weight.shape
-    flat = x.reshape(-1, d).float().contiguous()
-    out = torch.empty(flat.shape[0], n, dtype=torch.float32)
-    b = None if bias is None else bias.detach().float().contiguous()
-    kernel.speckv_linear_bf16(ctypes.c_void_p(flat.data_ptr()), ctypes.c_void_p(weight.data_ptr()),
-                              ctypes.c_void_p(b.data_ptr() if b is not None else None), ctypes.c_void_p(out.data_ptr()),
-                              flat.shape[0], n, d, torch.get_num_threads())
-    return out.to(torch.bfloat16).reshape(*x.shape[:-1], n)
+    flat = x.reshape(-1, d).contiguous()
+    out = torch.empty(flat.shape[0], n, dtype=torch.bfloat16)
+    b = None if bias is None else bias.detach().contiguous()
+    failed = kernel.speckv_linear_bf16(flat.data_ptr(), weight.data_ptr(), None if b is None else b.data_ptr(),
+                                       out.data_ptr(), flat.shape[0], n, d, torch.get_num_threads())
+    if failed:
+        raise MemoryError(f"speckv's bf16 kernel could not allocate {flat.shape[0]} x {d} floats")
+    return out.reshape(*x.shape[:-1], n)
 
 
-def eligible(layer: torch.nn.Module) -> bool:
-    w = getattr(layer, "weight", None)
-    return (type(layer) is torch.nn.Linear and w is not None and w.dtype == torch.bfloat16
-            and w.device.type == "cpu" and w.is_contiguous() and w.shape[1] % 8 == 0)
+def eligible(layer: torch.nn.Module, kind: type = torch.nn.Linear) -> bool:
+    """A `kind` layer whose weight (and bias) the kernel can read as they are: bf16, on the CPU,
+    contiguous, rows a multiple of 8 long. Checked again at every call: a model moved or cast after
+    loading falls back to torch's forward."""
+    w, b = getattr(layer, "weight", None), getattr(layer, "bias", None)
+    return (type(layer) is kind and w is not None and w.dtype == torch.bfloat16 and w.device.type == "cpu"
+            and w.is_contiguous() and w.shape[1] % 8 == 0 and (b is None or b.dtype == torch.bfloat16))
 
 
 def install(model: torch.nn.Module) -> int:
@@ -91,7 +96,7 @@ def kernel() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError):
         return None
-    lib.speckv_linear_bf16.restype = None
+    lib.speckv_linear_bf16.restype = ctypes.c_int
     lib.speckv_linear_bf16.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
     return lib if _agrees(lib) else None
 
