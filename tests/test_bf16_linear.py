@@ -76,6 +76,11 @@ def test_no_compiler_no_kernel_and_no_error(home, monkeypatch):
     assert not list((home / "kernels").glob("*.so"))
 
 
+def test_a_cache_it_cannot_write_means_no_kernel_and_no_error(home):
+    (home / "kernels").write_text("a file in the way")
+    assert bf16_linear.kernel() is None
+
+
 def test_installed_where_it_pays_and_the_model_computes_the_same(home, monkeypatch):
     model = tiny_model(3, hidden=64, layers=2).to(torch.bfloat16)
     ids = torch.tensor([[5, 9, 2, 7, 1, 3]])
