@@ -1,4 +1,4 @@
-"""Our bf16 kernel (models/bf16_linear.py) against torch's bf16 layers: ms per forward of the target and
+"""Our bf16 kernel (models/cpu_linear.py) against torch's bf16 layers: ms per forward of the target and
 the draft at context 300, 1-17 new tokens (a plain step to a 16-token verification), both ways in
 one process, interleaved. Run alone on a quiet machine:
 
@@ -16,7 +16,7 @@ import torch
 
 from speckv.files import write_json
 from speckv.measure.latency import forward_ms
-from speckv.models import bf16_linear, cpu_kernels
+from speckv.models import cpu_kernels, cpu_linear
 from speckv.models.load import load_model
 from speckv.models.registry import DEFAULT_DRAFT, DEFAULT_TARGET
 
@@ -26,7 +26,7 @@ TOKENS = (1, 2, 5, 9, 17)
 def torch_layers(model: torch.nn.Module) -> None:
     """Back to torch's forward (the kernel changes only the class of each layer)."""
     for m in model.modules():
-        if isinstance(m, bf16_linear.Bf16Linear):
+        if isinstance(m, cpu_linear.CpuLinear):
             m.__class__ = torch.nn.Linear
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    if not cpu_kernels.bf16_linear_pays():
+    if not cpu_kernels.linear_pays(torch.bfloat16):
         raise SystemExit("speckv: error: the kernel does not pay on this CPU (or cannot be built): nothing to compare")
     result = {"cpu": platform.processor() or platform.machine(), "capability": torch.backends.cpu.get_cpu_capability(),
               "threads": torch.get_num_threads(), "context": 300, "ms": {}}

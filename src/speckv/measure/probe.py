@@ -32,7 +32,7 @@ CONTEXTS = (64, 512)
 SHAPE_CONTEXT, SHAPE_TOKENS = 300, tuple(range(1, 18))  # every verification a draft of up to 16 tokens asks for
 PROBE_VERSION = 5  # 2: per-n verification shape (SHAPE_TOKENS); 3: drafts with an int8 head on CPU (models/draft.py);
 #                   4: what the draft pays per token it reads before drafting (CostModel.read);
-#                   5: bf16 layers on our kernel where this CPU has no bf16 arithmetic (models/bf16_linear.py)
+#                   5: bf16 / float32 layers on our kernel where it pays on this CPU (models/cpu_linear.py)
 #: the draft's read is timed over this many tokens (NF4 draft here: 1.6-2.3 ms per token from 17 to 257)
 READ_TOKENS = 65
 OVERHEAD_MS = (1.0, 0.0)  # per step outside forwards: what full calibrations here measured (0.6-1.4 ms)

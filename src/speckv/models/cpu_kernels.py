@@ -1,5 +1,5 @@
-"""Whether this CPU multiplies int8 and NF4 matrices faster than bf16 ones, and bf16 ones faster with
-our kernel than with torch: timed, not assumed.
+"""Whether this CPU multiplies int8 and NF4 matrices faster than bf16 ones, and bf16 and float32 ones
+faster with our kernel than with torch: timed, not assumed.
 
 The fast paths of the libraries need AVX-512: torch's `_int_mm` falls back to scalar code without
 it, and bitsandbytes registers its native NF4 kernel only on AVX-512 BF16 CPUs, dequantizing the
@@ -72,24 +72,25 @@ def nf4_pays() -> bool:
 
 
 #: a verification's width (8 drafts + the bonus row) and a weight shaped like a slice of a target's
-#: MLP (12 MB in bf16): our bf16 kernel must beat torch there by SPEEDUP, and not lose at one row
+#: MLP (12 MB in bf16): our linear kernel must beat torch there by SPEEDUP, and not lose at one row
 VERIFY_ROWS, VERIFY_SHAPE, SPEEDUP = 9, (4096, 1536), 1.25
 
 
 @functools.cache
-def bf16_linear_pays() -> bool:
-    """Our bf16 kernel (models/bf16_linear.py) clearly faster than torch's bf16 product at a
-    verification's width and not slower at one row: so on CPUs without bf16 arithmetic (AVX2:
-    measured 2.25 against 6.6 ms at this shape) and not where torch has a native path."""
-    from speckv.models import bf16_linear
+def linear_pays(dtype: torch.dtype) -> bool:
+    """Our linear kernel (models/cpu_linear.py) clearly faster than torch's product of `dtype` (bf16
+    or float32) at a verification's width and not slower at one row: so on CPUs without bf16
+    arithmetic (AVX2: measured 2.25 against 6.6 ms at this shape in bf16) and not where torch has a
+    native path."""
+    from speckv.models import cpu_linear
 
     try:
-        lib = bf16_linear.kernel()
-        if lib is None:
+        lib = cpu_linear.kernel()
+        if lib is None or dtype not in cpu_linear.ENTRY:
             return False
-        w = torch.full(VERIFY_SHAPE, 0.5, dtype=torch.bfloat16)
-        wide, one = (torch.full((k, VERIFY_SHAPE[1]), 0.5, dtype=torch.bfloat16) for k in (VERIFY_ROWS, 1))
-        ours = [_best_ms(lambda x=x: bf16_linear.multiply(lib, x, w, None)) for x in (wide, one)]
+        w = torch.full(VERIFY_SHAPE, 0.5, dtype=dtype)
+        wide, one = (torch.full((k, VERIFY_SHAPE[1]), 0.5, dtype=dtype) for k in (VERIFY_ROWS, 1))
+        ours = [_best_ms(lambda x=x: cpu_linear.multiply(lib, x, w, None)) for x in (wide, one)]
         theirs = [_best_ms(lambda x=x: torch.nn.functional.linear(x, w)) for x in (wide, one)]
         return ours[0] * SPEEDUP <= theirs[0] and ours[1] <= theirs[1] * SPEEDUP
     except Exception:  # noqa: BLE001 - a kernel that cannot run here means: torch's layers stay

@@ -10,7 +10,7 @@ import torch
 
 from speckv.backends import Runner, as_runner
 from speckv.errors import SpeckvError
-from speckv.models import bf16_linear
+from speckv.models import cpu_linear
 from speckv.models.compress import Compression
 from speckv.models.provision import model_path
 from speckv.models.registry import BUILTIN
@@ -145,8 +145,8 @@ def load_model(name_or_path: str, compression: str | None = "bf16", device: str 
     if not level.quantized:  # bitsandbytes places quantized weights itself (device_map)
         model.to(dev)
     model.eval()
-    if level.level == "bf16" and dev.type == "cpu":
-        bf16_linear.install(model)  # where this CPU has no bf16 arithmetic: our kernel, if it pays
+    if level.level in ("bf16", "fp32") and dev.type == "cpu":
+        cpu_linear.install(model)  # our kernel, where it multiplies a few rows faster than torch here
     return LoadedModel(name=name_or_path, path=path, model=model, tokenizer=tokenizer, compression=level.level)
 
 
