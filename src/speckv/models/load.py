@@ -145,8 +145,8 @@ def load_model(name_or_path: str, compression: str | None = "bf16", device: str 
     if not level.quantized:  # bitsandbytes places quantized weights itself (device_map)
         model.to(dev)
     model.eval()
-    if level.level in ("bf16", "fp32") and dev.type == "cpu":
-        cpu_linear.install(model)  # our kernel, where it multiplies a few rows faster than torch here
+    if not level.quantized:  # our kernel for the CPU layers of the dtypes it runs, where it is faster than torch here
+        cpu_linear.install(model)
     return LoadedModel(name=name_or_path, path=path, model=model, tokenizer=tokenizer, compression=level.level)
 
 
